@@ -1,0 +1,69 @@
+"""Command line: ``python -m nslab run ...``, ``presets``, and ``sweep`` (see nslab.sweep).
+
+Every RunConfig field is an option of ``run`` (``--width 256``); values are
+validated by RunConfig itself, so the command line and papermill reject the
+same bad values with the same messages.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from .config import RunConfig
+
+
+def _run_parser(sub) -> None:
+    p = sub.add_parser("run", help="train one configuration into outputs/<run name>/")
+    p.add_argument("--preset", default="", help="start from a named preset (see `nslab presets`)")
+    for f in fields(RunConfig):
+        p.add_argument(f"--{f.name}", dest=f.name, default=None, metavar=type(f.default).__name__.upper(),
+                       help=f"default: {f.default!r}")
+
+
+def _cmd_run(args) -> int:
+    from .presets import PRESETS
+    from .training import train
+
+    given = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name) is not None}
+    try:
+        if args.preset and args.preset not in PRESETS:
+            raise ValueError(f"preset={args.preset!r} is not allowed: choose one of {sorted(PRESETS)}")
+        config = RunConfig.from_dict({**PRESETS.get(args.preset, {}), **given})
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run = train(config)
+    print(f"{run.run_dir}: {run.status['status']} ({run.status.get('message', '')})")
+    return 0 if run.status["status"] == "completed" else 1
+
+
+def _cmd_presets(_args) -> int:
+    from .presets import PRESETS
+
+    for name, values in PRESETS.items():
+        print(f"{name:22s} " + " ".join(f"{k}={v}" for k, v in values.items() if k != "name"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nslab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    sub.add_parser("presets", help="list the named presets")
+    try:
+        from . import sweep
+    except ImportError:  # sweep module not present in this build
+        sweep = None
+    if sweep is not None:
+        sweep.add_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "presets":
+        return _cmd_presets(args)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

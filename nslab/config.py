@@ -1,0 +1,205 @@
+"""Run configuration: one frozen dataclass with flat literal fields.
+
+The papermill ``parameters`` cell of ``notebooks/01_reproduce.ipynb`` mirrors
+:class:`RunConfig` name for name, so a notebook parameter and a config field are
+the same thing. All validation lives here: a bad value raises ``ValueError``
+naming the field, the value and what is allowed, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+MODELS = ("mlp", "resnet18", "resnet34", "resnet50")
+METHODS = ("none", "frobenius", "spectral")
+TARGETS = ("per_layer", "first_layer")
+SCALE_RULES = ("all", "seed")
+DEVICES = ("auto", "cpu", "cuda")
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+RANK_METHODS = ("svd", "gram")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run.
+
+    Defaults are the blog's recipe (NOTES.md) with nslab's own choices where the
+    blog's text and its authors' code differ: per-layer spectral targets and a
+    warm-started power iteration. ``presets.PRESETS['paper-*']`` switch to the
+    seed code's exact behaviour.
+    """
+
+    # identity
+    name: str = ""  # run folder name under out_dir; "" derives one from the config
+    # model
+    model: str = "mlp"  # one of MODELS
+    depth: int = 5  # MLP: number of Linear layers
+    width: int = 2000  # MLP: hidden width
+    scale_rule: str = "all"  # "all": every weight with dim >= 2; "seed": skip bn/bias/downsample
+    # norm scaling (applied after every optimizer step)
+    method: str = "none"  # one of METHODS
+    targets: str = "per_layer"  # spectral targets: "per_layer" or "first_layer" (seed code)
+    power_iters: int = 2  # power-iteration steps per optimizer step
+    warm_start: bool = True  # keep singular vectors between steps (False: fresh random, as the seed)
+    power_tol: float = 0.0  # > 0: stop iterating once sigma changes by less (costs a host sync)
+    # optimisation (seed recipe)
+    epochs: int = 200
+    batch_size: int = 512
+    lr: float = 1e-3
+    milestones: tuple = (60, 120)  # MultiStepLR epochs
+    gamma: float = 0.1
+    seed: int = 1
+    # data
+    data_dir: str = ""  # "" -> $NSLAB_DATA_DIR, else "data"
+    train_subset: int = 0  # 0 = all; else a seeded random subset
+    test_subset: int = 0
+    augment_test: bool = False  # the seed code also augmented the test set
+    # hardware
+    device: str = "auto"  # auto: cuda if available, else cpu
+    bf16: bool = False  # bf16 autocast (CUDA only)
+    matmul_precision: str = "highest"  # the seed code used "medium"
+    channels_last: bool = False  # ResNets on CUDA: usually faster
+    # records
+    out_dir: str = "outputs"
+    spectra_every: int = 10  # full singular values every N epochs (and at epoch 0 and the end)
+    checkpoint_every: int = 10
+    rank_rtol: float = 1e-3  # numerical rank counts sigma_i > rank_rtol * sigma_1
+    rank_method: str = "svd"  # exact singular values: "svd" (svdvals) or "gram" (eigvalsh, float64)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), f.default))
+        self._validate()
+
+    # -- validation ------------------------------------------------------------
+    def _validate(self) -> None:
+        _choice("model", self.model, MODELS)
+        _choice("method", self.method, METHODS)
+        _choice("targets", self.targets, TARGETS)
+        _choice("scale_rule", self.scale_rule, SCALE_RULES)
+        _choice("device", self.device, DEVICES)
+        _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
+        _choice("rank_method", self.rank_method, RANK_METHODS)
+        for name in ("depth", "width", "epochs", "batch_size", "power_iters", "spectra_every", "checkpoint_every"):
+            _positive(name, getattr(self, name))
+        for name in ("lr", "gamma", "rank_rtol"):
+            _positive(name, getattr(self, name))
+        if self.model == "mlp" and self.depth < 1:
+            raise ValueError(f"depth={self.depth!r}: an MLP needs at least 1 Linear layer")
+        for name in ("train_subset", "test_subset", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: must be >= 0")
+        if self.power_tol < 0:
+            raise ValueError(f"power_tol={self.power_tol!r} is not allowed: must be >= 0 (0 disables early stopping)")
+        if any(m <= 0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones={self.milestones!r} is not allowed: positive epochs in increasing order")
+        if self.name and (os.sep in self.name or self.name in (".", "..")):
+            raise ValueError(f"name={self.name!r} is not allowed: a plain folder name without '{os.sep}'")
+
+    # -- derived ---------------------------------------------------------------
+    @property
+    def run_name(self) -> str:
+        """The run folder's name: ``name`` if set, else e.g. ``mlp5x2000-spectral-s1``."""
+        if self.name:
+            return self.name
+        arch = f"mlp{self.depth}x{self.width}" if self.model == "mlp" else self.model
+        return f"{arch}-{self.method}-s{self.seed}"
+
+    @property
+    def resolved_data_dir(self) -> str:
+        return self.data_dir or os.environ.get("NSLAB_DATA_DIR", "") or "data"
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.out_dir, self.run_name)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
+        """Build from a mapping, rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown}: allowed are {sorted(known)}")
+        return cls(**values)
+
+
+# Fields that may differ between an interrupted run and its resumption.
+RESUMABLE_FIELDS = ("data_dir", "out_dir", "device", "name")
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed: choose one of {list(allowed)}")
+
+
+def _positive(name: str, value: Any) -> None:
+    if not value > 0:
+        raise ValueError(f"{name}={value!r} is not allowed: must be > 0")
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Coerce a value to its field's type where that is safe.
+
+    Papermill and the command line hand over ``-p lr 1`` as int and ``-p width abc``
+    as str; ints widen to float, numeric strings parse, anything else is an error.
+    """
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError(f"{name}={value!r} is not allowed: expected true or false")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} is not allowed: expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{name}={value!r} is not allowed: expected an integer")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{name}={value!r} is not allowed: expected a number")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{name}={value!r} is not allowed: expected a string")
+    if kind is tuple:
+        items = value
+        if isinstance(value, str):
+            items = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if isinstance(items, (list, tuple)):
+            try:
+                return tuple(_coerce(name, v, 0) for v in items)
+            except ValueError:
+                pass
+        raise ValueError(f"{name}={value!r} is not allowed: expected a list of integers such as 60,120")
+    return value

@@ -1,0 +1,157 @@
+"""CIFAR-100 held on the training device as uint8, with augmentation on device tensors.
+
+Two sources, tried in order, both in ``data_dir``:
+
+1. ``cifar100_uint8.npz``: uint8 ``x_train`` (N, 32, 32, 3), ``y_train`` (N,),
+   ``x_test``, ``y_test``: how an offline machine supplies the data set.
+2. torchvision's ``CIFAR100(data_dir, download=True)``: the ordinary download.
+
+The seed recipe: RandomCrop(32, padding=4) with zero fill and a horizontal flip,
+then Normalize with the CIFAR-10 statistics the seed code used.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+ARRAY_FILE = "cifar100_uint8.npz"
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+# The seed code normalised with CIFAR-10's statistics (NOTES.md); kept for fidelity.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
+NUM_CLASSES = 100
+
+
+@dataclass
+class Split:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64, on one device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def load_arrays(data_dir: str) -> dict[str, np.ndarray]:
+    """The four arrays from ``data_dir``: the array file if present, else torchvision's download."""
+    path = os.path.join(data_dir, ARRAY_FILE)
+    if os.path.exists(path):
+        return _read_array_file(path)
+    try:
+        from torchvision.datasets import CIFAR100
+
+        train = CIFAR100(data_dir, train=True, download=True)
+        test = CIFAR100(data_dir, train=False, download=True)
+    except Exception as err:  # any download failure: say what was expected instead
+        raise FileNotFoundError(
+            f"no CIFAR-100 in data_dir={data_dir!r}: expected {path} (uint8 arrays {list(KEYS)}) "
+            f"or torchvision's download into that folder, which failed ({type(err).__name__}: {err}). "
+            f"Set data_dir or NSLAB_DATA_DIR to a folder holding {ARRAY_FILE}, or run where the download works."
+        ) from err
+    return {"x_train": train.data, "y_train": np.asarray(train.targets, dtype=np.uint8),
+            "x_test": test.data, "y_test": np.asarray(test.targets, dtype=np.uint8)}
+
+
+def _read_array_file(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as f:
+            missing = [k for k in KEYS if k not in f.files]
+            if missing:
+                raise ValueError(f"it lacks the arrays {missing}")
+            arrays = {k: f[k] for k in KEYS}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"{path} is not a usable CIFAR-100 array file ({err}): expected an .npz with uint8 "
+                         f"x_train (N,32,32,3), y_train (N,), x_test (M,32,32,3), y_test (M,)") from err
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8 or len(x) != len(y):
+            raise ValueError(f"{path}: x_{split} has shape {x.shape} and dtype {x.dtype}, y_{split} {y.shape}; "
+                             f"expected uint8 (N,32,32,3) with N labels")
+        if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
+            raise ValueError(f"{path}: y_{split} holds labels outside 0..{NUM_CLASSES - 1}")
+    return arrays
+
+
+def subset_indices(n: int, size: int, seed: int) -> torch.Tensor:
+    """A seeded random subset of ``range(n)`` (never the first ``size``: test sets may be sorted)."""
+    if size > n:
+        raise ValueError(f"subset of {size} requested but the split has only {n} images")
+    if size == 0 or size == n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:size].sort().values
+
+
+def to_split(x: np.ndarray, y: np.ndarray, device: torch.device) -> Split:
+    images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
+    return Split(images.to(device), torch.from_numpy(y.astype(np.int64)).to(device))
+
+
+def load_cifar100(data_dir: str, device: torch.device, train_subset: int = 0, test_subset: int = 0,
+                  seed: int = 1) -> tuple[Split, Split]:
+    """Train and test splits on ``device``, with seeded random subsets (0 = all)."""
+    arrays = load_arrays(data_dir)
+    for name, size, key in (("train_subset", train_subset, "y_train"), ("test_subset", test_subset, "y_test")):
+        if size > len(arrays[key]):
+            raise ValueError(f"{name}={size} is not allowed: the data has {len(arrays[key])} images in that split")
+    tr = subset_indices(len(arrays["y_train"]), train_subset, seed).numpy()
+    te = subset_indices(len(arrays["y_test"]), test_subset, seed + 1).numpy()
+    return (to_split(arrays["x_train"][tr], arrays["y_train"][tr], device),
+            to_split(arrays["x_test"][te], arrays["y_test"][te], device))
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip of a uint8 batch (B, C, H, W)."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=x.device)
+    flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B,1,H,1)
+    cols = dx[:, None] + torch.arange(w, device=x.device)  # (B,W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]  # (B,1,1,W)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float, scaled to [0, 1] and standardised per channel."""
+    mean = torch.tensor(MEAN, device=x.device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device, dtype=dtype).view(1, 3, 1, 1)
+    return (x.to(dtype) / 255.0 - mean) / std
+
+
+def batches(split: Split, batch_size: int, generator: torch.Generator, shuffle: bool, augmented: bool,
+            channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised float batches; the last batch may be smaller (as DataLoader's default)."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator, device=split.x.device) if shuffle else None
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+        x, y = split.x[idx], split.y[idx]
+        if augmented:
+            x = augment(x, generator)
+        x = normalize(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, y
+
+
+def write_synthetic(path: str, n_train: int = 256, n_test: int = 128, num_classes: int = NUM_CLASSES,
+                    seed: int = 0) -> str:
+    """Write a tiny random data set in the array-file format (for tests and demos without data)."""
+    rng = np.random.default_rng(seed)
+    arrays = {"x_train": rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+              "y_train": rng.integers(0, num_classes, n_train).astype(np.uint8),
+              "x_test": rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+              "y_test": np.sort(rng.integers(0, num_classes, n_test)).astype(np.uint8)}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    np.savez(path, **arrays)
+    return path

@@ -1,0 +1,145 @@
+"""The run folder: written as the run goes, every file atomically, and read back.
+
+``outputs/<run name>/`` holds
+
+* ``config.json``: the resolved configuration plus provenance (versions, git revision, device);
+* ``epochs.csv``: ``epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds``;
+* ``layers.csv``: ``epoch, layer, shape, sigma_max, frobenius, stable_rank,
+  effective_rank, numerical_rank, target, power_iter_rel_err`` (epoch 0 = before training);
+* ``spectra.parquet``: ``epoch, layer, index, sigma`` (long format);
+* ``checkpoints/epoch_NNNN.pt``;
+* ``status.json``: ``{"status": running|completed|failed|diverged, "message": ..., "epoch": ...}``.
+
+Each file is written to a temporary file in the same folder and renamed over the
+old one, so a crash leaves either the old or the new table, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+
+EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+LAYER_COLUMNS = ["epoch", "layer", "shape", "sigma_max", "frobenius", "stable_rank", "effective_rank",
+                 "numerical_rank", "target", "power_iter_rel_err"]
+SPECTRA_COLUMNS = ["epoch", "layer", "index", "sigma"]
+STATUSES = ("running", "completed", "failed", "diverged")
+
+
+@contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str, obj) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+
+
+def write_table(path: str, df: pd.DataFrame) -> None:
+    """CSV or parquet by extension, atomically."""
+    with atomic_path(path) as tmp:
+        if path.endswith(".parquet"):
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+@dataclass
+class RunRecorder:
+    """Accumulates a run's tables in memory and rewrites each file atomically when it grows."""
+
+    run_dir: str
+    epochs: list[dict] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)
+    spectra: list[pd.DataFrame] = field(default_factory=list)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.run_dir, name)
+
+    def write_config(self, config: dict) -> None:
+        write_json(self.path("config.json"), config)
+
+    def set_status(self, status: str, message: str = "", epoch: int | None = None) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status={status!r} is not allowed: choose one of {list(STATUSES)}")
+        write_json(self.path("status.json"), {"status": status, "message": message, "epoch": epoch})
+
+    def add_epoch(self, row: dict) -> None:
+        self.epochs.append(row)
+        write_table(self.path("epochs.csv"), pd.DataFrame(self.epochs, columns=EPOCH_COLUMNS))
+
+    def add_layers(self, rows: list[dict], spectra: pd.DataFrame | None = None) -> None:
+        self.layers.extend(rows)
+        write_table(self.path("layers.csv"), pd.DataFrame(self.layers, columns=LAYER_COLUMNS))
+        if spectra is not None:
+            self.spectra.append(spectra)
+            write_table(self.path("spectra.parquet"), pd.concat(self.spectra, ignore_index=True))
+
+    def resume_from(self, epoch: int) -> None:
+        """Reload tables written before, keeping rows up to ``epoch`` (the checkpoint's)."""
+        run = load_run(self.run_dir)
+        self.epochs = run.epochs[run.epochs.epoch <= epoch].to_dict("records")
+        self.layers = run.layers[run.layers.epoch <= epoch].to_dict("records")
+        kept = run.spectra[run.spectra.epoch <= epoch]
+        self.spectra = [kept] if len(kept) else []
+
+
+@dataclass
+class Run:
+    """A run folder read back: its config, tables and status."""
+
+    run_dir: str
+    config: dict
+    status: dict
+    epochs: pd.DataFrame
+    layers: pd.DataFrame
+    spectra: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(os.path.normpath(self.run_dir))
+
+
+def _read_or_empty(path: str, columns: list[str], reader: Callable) -> pd.DataFrame:
+    if not os.path.exists(path):
+        return pd.DataFrame(columns=columns)
+    return reader(path)
+
+
+def load_run(run_dir: str) -> Run:
+    """Read a run folder; tables that do not exist yet come back empty with their columns."""
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{run_dir!r} is not a run folder: it has no config.json")
+    status_path = os.path.join(run_dir, "status.json")
+    status = read_json(status_path) if os.path.exists(status_path) else {"status": "unknown", "message": ""}
+    return Run(
+        run_dir=run_dir,
+        config=read_json(config_path),
+        status=status,
+        epochs=_read_or_empty(os.path.join(run_dir, "epochs.csv"), EPOCH_COLUMNS, pd.read_csv),
+        layers=_read_or_empty(os.path.join(run_dir, "layers.csv"), LAYER_COLUMNS, pd.read_csv),
+        spectra=_read_or_empty(os.path.join(run_dir, "spectra.parquet"), SPECTRA_COLUMNS, pd.read_parquet),
+    )
