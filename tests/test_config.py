@@ -1,0 +1,60 @@
+"""RunConfig: coercion of papermill/CLI values and clear errors for bad ones."""
+import pytest
+
+from nslab.config import RunConfig
+from nslab.presets import PRESETS, preset
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model", "vgg", "model='vgg' is not allowed: choose one of"),
+    ("method", "l2", "method='l2' is not allowed"),
+    ("targets", "last", "targets='last' is not allowed"),
+    ("depth", 0, "depth=0 is not allowed: must be > 0"),
+    ("width", -3, "width=-3 is not allowed"),
+    ("epochs", 0, "epochs=0"),
+    ("batch_size", 0, "batch_size=0"),
+    ("lr", 0.0, "lr=0.0 is not allowed"),
+    ("lr", -1e-3, "lr=-0.001"),
+    ("width", "abc", "width='abc' is not allowed: expected an integer"),
+    ("lr", "fast", "lr='fast' is not allowed: expected a number"),
+    ("warm_start", "maybe", "warm_start='maybe' is not allowed: expected true or false"),
+    ("train_subset", -1, "train_subset=-1"),
+    ("milestones", "120,60", "milestones=(120, 60) is not allowed"),
+    ("name", "a/b", "name='a/b' is not allowed"),
+])
+def test_bad_values_name_the_field_value_and_what_is_allowed(field, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        RunConfig(**{field: value})
+
+
+def test_papermill_style_values_are_coerced():
+    c = RunConfig(lr=1, width="256", warm_start="false", milestones="30,60", power_tol=0)
+    assert (c.lr, c.width, c.warm_start, c.milestones, c.power_tol) == (1.0, 256, False, (30, 60), 0.0)
+    assert isinstance(c.lr, float) and isinstance(c.width, int)
+    assert RunConfig(milestones=[10, 20]).milestones == (10, 20)
+
+
+def test_unknown_parameter_is_rejected_by_name():
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['widht'\]"):
+        RunConfig.from_dict({"widht": 3})
+
+
+def test_run_name_and_data_dir(monkeypatch):
+    assert RunConfig(depth=3, width=256, method="spectral").run_name == "mlp3x256-spectral-s1"
+    assert RunConfig(model="resnet34", seed=2).run_name == "resnet34-none-s2"
+    assert RunConfig(name="mine").run_name == "mine"
+    assert RunConfig().resolved_data_dir == "data"
+    monkeypatch.setenv("NSLAB_DATA_DIR", "/somewhere")
+    assert RunConfig().resolved_data_dir == "/somewhere"
+    assert RunConfig(data_dir="/here").resolved_data_dir == "/here"
+
+
+def test_presets_cover_the_blog_grid_with_seed_settings():
+    paper = [n for n in PRESETS if n != "quick"]
+    assert len(paper) == 12
+    c = preset("mlp5x2000-spectral")
+    assert (c.depth, c.width, c.method, c.targets, c.power_iters, c.warm_start, c.augment_test) == \
+        (5, 2000, "spectral", "first_layer", 500, False, True)
+    assert preset("resnet50-frobenius", epochs=2).epochs == 2
+    with pytest.raises(ValueError, match="preset='nope' is not allowed"):
+        preset("nope")

@@ -1,0 +1,48 @@
+"""notebooks/01_reproduce.ipynb: parameters mirror RunConfig; papermill runs it and writes the run folder."""
+import json
+import os
+from dataclasses import fields
+
+import papermill
+import pytest
+
+from nslab.config import RunConfig
+from nslab.records import load_run
+
+NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "notebooks", "01_reproduce.ipynb")
+
+
+def _parameters_cell():
+    nb = json.load(open(NOTEBOOK))
+    return [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
+def test_parameters_cell_mirrors_run_config_name_for_name():
+    cells = _parameters_cell()
+    assert len(cells) == 1
+    names = [line.split(":")[0] for line in "".join(cells[0]["source"]).splitlines() if line.strip()]
+    assert names == [f.name for f in fields(RunConfig)]
+
+
+def test_notebook_is_committed_without_outputs():
+    nb = json.load(open(NOTEBOOK))
+    assert all(not c.get("outputs") and not c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def test_papermill_writes_the_run_folder(data_dir, tmp_path):
+    out = tmp_path / "executed.ipynb"
+    papermill.execute_notebook(NOTEBOOK, str(out), kernel_name="python3", progress_bar=False, parameters=dict(
+        model="mlp", depth=2, width=16, method="spectral", epochs=2, batch_size=64, train_subset=200,
+        test_subset=100, data_dir=data_dir, out_dir=str(tmp_path), device="cpu", spectra_every=1))
+    run = load_run(str(tmp_path / "mlp2x16-spectral-s1"))
+    assert run.status["status"] == "completed" and len(run.epochs) == 2
+    executed = json.load(open(out))
+    text = json.dumps(executed["cells"])
+    assert "epoch   2/2" in text and "application/vnd.plotly.v1+json" in text
+
+
+def test_papermill_rejects_a_wrong_type_before_training(data_dir, tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError, match="width='abc' is not allowed: expected an integer"):
+        papermill.execute_notebook(NOTEBOOK, str(tmp_path / "bad.ipynb"), kernel_name="python3", progress_bar=False,
+                                   parameters=dict(width="abc", data_dir=data_dir, out_dir=str(tmp_path)))
+    assert not [p for p in os.listdir(tmp_path) if p != "bad.ipynb"]

@@ -1,0 +1,142 @@
+"""Training end to end on synthetic data: the run folder, resume, divergence, determinism, errors."""
+import json
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+import nslab
+from nslab import training
+from nslab.records import EPOCH_COLUMNS, LAYER_COLUMNS, SPECTRA_COLUMNS, load_run
+
+
+def _tables(run_dir):
+    run = load_run(run_dir)
+    return run.epochs.drop(columns="seconds"), run.layers, run.spectra
+
+
+def test_run_folder_schema(tiny):
+    cfg = tiny(method="spectral", epochs=3, spectra_every=2, checkpoint_every=2)
+    run = nslab.train(cfg, log=lambda s: None)
+    files = sorted(os.listdir(cfg.run_dir))
+    assert files == ["checkpoints", "config.json", "epochs.csv", "layers.csv", "spectra.parquet", "status.json"]
+    assert run.status == {"status": "completed", "message": "3 epochs", "epoch": 3}
+    assert list(run.epochs.columns) == EPOCH_COLUMNS and list(run.epochs.epoch) == [1, 2, 3]
+    assert list(run.layers.columns) == LAYER_COLUMNS
+    assert sorted(run.layers.epoch.unique()) == [0, 1, 2, 3] and run.layers.layer.nunique() == 2
+    assert list(run.spectra.columns) == SPECTRA_COLUMNS
+    assert sorted(run.spectra.epoch.unique()) == [0, 2, 3]  # epoch 0, every 2nd, and the last
+    assert sorted(os.listdir(os.path.join(cfg.run_dir, "checkpoints"))) == ["epoch_0002.pt", "epoch_0003.pt"]
+    config = json.load(open(os.path.join(cfg.run_dir, "config.json")))
+    for key in ("torch_version", "nslab_version", "git_revision", "device_name", "rank_tolerance", "width"):
+        assert key in config
+    # spectra agree with the per-layer sigma_max column
+    last = run.spectra[(run.spectra.epoch == 3) & (run.spectra["index"] == 0)].set_index("layer").sigma
+    rows = run.layers[run.layers.epoch == 3].set_index("layer").sigma_max
+    pd.testing.assert_series_equal(last.sort_index(), rows.sort_index(), check_names=False, rtol=1e-6)
+    assert not [f for f in os.listdir(cfg.run_dir) if f.endswith(".tmp")]
+
+
+def test_frobenius_run_holds_norms_at_target(tiny):
+    run = nslab.train(tiny(method="frobenius"), log=lambda s: None)
+    layers = run.layers
+    assert ((layers.frobenius - layers.target).abs() / layers.target).max() < 1e-5
+    assert layers.power_iter_rel_err.isna().all()
+
+
+def test_spectral_run_records_targets_and_estimate_error(tiny):
+    run = nslab.train(tiny(method="spectral", targets="per_layer"), log=lambda s: None)
+    first = run.layers[run.layers.epoch == 0]
+    assert list(first.target.round(6)) == [round((16 / 3072) ** 0.5, 6), round((100 / 16) ** 0.5, 6)]
+    assert run.layers.power_iter_rel_err.notna().all()
+    same = nslab.train(tiny(method="spectral", targets="first_layer", name="fl"), log=lambda s: None)
+    assert same.layers.target.nunique() == 1
+
+
+def test_none_run_has_no_target(tiny):
+    run = nslab.train(tiny(method="none", epochs=1), log=lambda s: None)
+    assert run.layers.target.isna().all()
+
+
+def test_deterministic_on_cpu(tiny):
+    a = nslab.train(tiny(method="spectral", name="a"), log=lambda s: None)
+    b = nslab.train(tiny(method="spectral", name="b"), log=lambda s: None)
+    for ta, tb in zip(_tables(a.run_dir), _tables(b.run_dir)):
+        pd.testing.assert_frame_equal(ta, tb)
+
+
+@pytest.mark.parametrize("method", ["spectral", "frobenius"])
+def test_resume_after_interruption_equals_uninterrupted_run(tiny, monkeypatch, method):
+    whole = nslab.train(tiny(method=method, epochs=4, checkpoint_every=2, name="whole"), log=lambda s: None)
+
+    real_epoch = training.train_one_epoch
+    calls = {"n": 0}
+
+    def crash_in_epoch_4(session):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_epoch(session)
+
+    cfg = tiny(method=method, epochs=4, checkpoint_every=2, name="resumed")
+    monkeypatch.setattr(training, "train_one_epoch", crash_in_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        nslab.train(cfg, log=lambda s: None)
+    stopped = load_run(cfg.run_dir)
+    assert stopped.status["status"] == "failed" and list(stopped.epochs.epoch) == [1, 2, 3]
+    monkeypatch.setattr(training, "train_one_epoch", real_epoch)
+    lines = []
+    resumed = nslab.train(cfg, log=lines.append)
+    assert "resuming from the checkpoint of epoch 2" in lines[0]
+    assert resumed.status["status"] == "completed"
+    for ta, tb in zip(_tables(whole.run_dir), _tables(resumed.run_dir)):
+        pd.testing.assert_frame_equal(ta, tb)
+
+
+def test_completed_run_is_not_trained_again(tiny):
+    cfg = tiny(epochs=1)
+    nslab.train(cfg, log=lambda s: None)
+    before = os.path.getmtime(os.path.join(cfg.run_dir, "epochs.csv"))
+    lines = []
+    nslab.train(cfg, log=lines.append)
+    assert "already completed" in lines[0]
+    assert os.path.getmtime(os.path.join(cfg.run_dir, "epochs.csv")) == before
+
+
+def test_other_settings_in_the_same_folder_are_refused_and_nothing_is_lost(tiny):
+    cfg = tiny(epochs=1, name="keep")
+    nslab.train(cfg, log=lambda s: None)
+    snapshot = {f: open(os.path.join(cfg.run_dir, f), "rb").read() for f in ("epochs.csv", "layers.csv", "status.json")}
+    with pytest.raises(ValueError, match="holds a run with other settings \\(width: 16 there, 32 here\\)"):
+        nslab.train(tiny(epochs=1, name="keep", width=32), log=lambda s: None)
+    assert snapshot == {f: open(os.path.join(cfg.run_dir, f), "rb").read() for f in snapshot}
+
+
+def test_bad_subset_fails_before_anything_is_written(tiny):
+    cfg = tiny(train_subset=10_000)
+    with pytest.raises(ValueError, match="train_subset=10000 is not allowed"):
+        nslab.train(cfg, log=lambda s: None)
+    assert not os.path.exists(cfg.run_dir)
+
+
+def test_bf16_on_cpu_is_refused(tiny):
+    with pytest.raises(ValueError, match="bf16=True is not allowed on device 'cpu'"):
+        nslab.train(tiny(bf16=True), log=lambda s: None)
+
+
+def test_non_finite_loss_stops_as_diverged_and_keeps_tables(tiny):
+    lines = []
+    run = nslab.train(tiny(method="none", lr=1e30, epochs=5), log=lines.append)
+    assert run.status["status"] == "diverged"
+    epoch = run.status["epoch"]
+    assert 1 <= epoch < 5 and f"non-finite loss at epoch {epoch}" in run.status["message"]
+    assert list(run.epochs.epoch) == list(range(1, epoch + 1))
+    assert sorted(run.layers.epoch.unique()) == list(range(epoch))
+
+
+def test_progress_line_reads_well(tiny):
+    lines = []
+    nslab.train(tiny(epochs=1), log=lines.append)
+    assert lines[0].startswith("epoch   1/1  lr 1.0e-03  train loss ")
+    assert "test loss" in lines[0] and lines[0].endswith("s")
