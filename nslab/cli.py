@@ -1,4 +1,4 @@
-"""Command line: ``python -m nslab run ...``, ``presets``, and ``sweep`` (see nslab.sweep).
+"""Command line: ``python -m nslab run ...``, ``presets``, ``sweep`` (nslab.sweep) and ``report`` (nslab.report).
 
 Every RunConfig field is an option of ``run`` (``--width 256``); values are
 validated by RunConfig itself, so the command line and papermill reject the
@@ -51,12 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     sub.add_parser("presets", help="list the named presets")
-    try:
-        from . import sweep
-    except ImportError:  # sweep module not present in this build
-        sweep = None
-    if sweep is not None:
-        sweep.add_parser(sub)
+    from . import report, sweep
+
+    sweep.add_parser(sub)
+    report.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return _cmd_run(args)
