@@ -34,16 +34,18 @@ class RunConfig:
     # identity
     name: str = ""  # run folder name under out_dir; "" derives one from the config
     # model
-    model: str = "mlp"  # one of MODELS
+    model: str = "mlp"  # mlp, resnet18, resnet34, resnet50
     depth: int = 5  # MLP: number of Linear layers
     width: int = 2000  # MLP: hidden width
     scale_rule: str = "all"  # "all": every weight with dim >= 2; "seed": skip bn/bias/downsample
     # norm scaling (applied after every optimizer step)
-    method: str = "none"  # one of METHODS
+    method: str = "none"  # none, frobenius, spectral
     targets: str = "per_layer"  # spectral targets: "per_layer" or "first_layer" (seed code)
-    power_iters: int = 2  # power-iteration steps per optimizer step
+    power_iters: int = 2  # iterations per optimizer step (warm: block iterations; cold: the seed uses 500)
     warm_start: bool = True  # keep singular vectors between steps (False: fresh random, as the seed)
     power_tol: float = 0.0  # > 0: stop iterating once sigma changes by less (costs a host sync)
+    power_block: int = 32  # warm start: vectors tracked per layer (block iteration; see nslab.scaling)
+    cuda_graph: bool = False  # capture the scaling step as a CUDA graph (CUDA, warm start only)
     # optimisation (seed recipe)
     epochs: int = 200
     batch_size: int = 512
@@ -61,12 +63,13 @@ class RunConfig:
     bf16: bool = False  # bf16 autocast (CUDA only)
     matmul_precision: str = "highest"  # the seed code used "medium"
     channels_last: bool = False  # ResNets on CUDA: usually faster
+    compile: bool = False  # torch.compile the model's forward and backward
     # records
     out_dir: str = "outputs"
     spectra_every: int = 10  # full singular values every N epochs (and at epoch 0 and the end)
     checkpoint_every: int = 10
     rank_rtol: float = 1e-3  # numerical rank counts sigma_i > rank_rtol * sigma_1
-    rank_method: str = "svd"  # exact singular values: "svd" (svdvals) or "gram" (eigvalsh, float64)
+    rank_method: str = "gram"  # exact singular values: "gram" (eigvalsh, float64; cheapest) or "svd" (svdvals)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -82,7 +85,8 @@ class RunConfig:
         _choice("device", self.device, DEVICES)
         _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         _choice("rank_method", self.rank_method, RANK_METHODS)
-        for name in ("depth", "width", "epochs", "batch_size", "power_iters", "spectra_every", "checkpoint_every"):
+        for name in ("depth", "width", "epochs", "batch_size", "power_iters", "power_block", "spectra_every",
+                     "checkpoint_every"):
             _positive(name, getattr(self, name))
         for name in ("lr", "gamma", "rank_rtol"):
             _positive(name, getattr(self, name))

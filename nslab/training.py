@@ -40,6 +40,7 @@ class Session:
     config: RunConfig
     device: torch.device
     model: nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, or its torch.compile'd wrapper
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: NormScaler
@@ -87,7 +88,9 @@ def build_session(config: RunConfig) -> Session:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    return Session(config, device, model, optimizer, scheduler, scaler, generator, train_split, test_split)
+    # The compiled wrapper shares the model's parameters, so the scaler and checkpoints use `model`.
+    forward = torch.compile(model) if config.compile else model
+    return Session(config, device, model, forward, optimizer, scheduler, scaler, generator, train_split, test_split)
 
 
 def _autocast(session: Session):
@@ -104,7 +107,7 @@ def train_one_epoch(s: Session) -> dict:
     cl = s.config.channels_last and s.device.type == "cuda"
     for x, y in batches(s.train, s.config.batch_size, s.generator, shuffle=True, augmented=True, channels_last=cl):
         with _autocast(s):
-            logits = s.model(x)
+            logits = s.forward(x)
             loss = nn.functional.cross_entropy(logits, y)
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -127,7 +130,7 @@ def evaluate(s: Session) -> dict:
     for x, y in batches(s.test, s.config.batch_size, s.generator, shuffle=False,
                         augmented=s.config.augment_test, channels_last=cl):
         with _autocast(s):
-            logits = s.model(x)
+            logits = s.forward(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     n = len(s.test)

@@ -1,0 +1,154 @@
+"""nslab.scaling against torch.linalg: every path keeps the invariant it promises."""
+import pytest
+import torch
+
+from nslab.scaling import NormScaler, gram_power_iteration, matrix_view, orthonormalize
+
+
+def with_spectrum(m: int, n: int, sigmas, seed: int = 0) -> torch.Tensor:
+    """U diag(sigmas) V^T with random orthonormal U (m, r), V (n, r)."""
+    g = torch.Generator().manual_seed(seed)
+    r = len(sigmas)
+    u, _ = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))
+    return ((u * torch.tensor(sigmas, dtype=torch.float64)) @ v.t()).float()
+
+
+def clustered(m: int = 300, n: int = 200, seed: int = 0) -> torch.Tensor:
+    """sigma_2 / sigma_1 = 0.997, then a decaying tail."""
+    r = min(m, n)
+    return with_spectrum(m, n, [1.0, 0.997] + torch.linspace(0.9, 0.05, r - 2).tolist(), seed)
+
+
+def scaler_for(w: torch.Tensor, **kw) -> tuple[NormScaler, torch.nn.Parameter]:
+    p = torch.nn.Parameter(w.clone())
+    return NormScaler([("w", p)], **kw), p
+
+
+def exact_sigma(w: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(matrix_view(w.detach()).double(), 2))
+
+
+def test_frobenius_norm_equals_target_after_a_step():
+    g = torch.Generator().manual_seed(0)
+    params = [("a", torch.nn.Parameter(torch.randn(30, 20, generator=g))),
+              ("conv", torch.nn.Parameter(torch.randn(8, 3, 3, 3, generator=g)))]
+    scaler = NormScaler(params, method="frobenius")
+    targets = [float(torch.linalg.vector_norm(p.detach())) for _, p in params]
+    with torch.no_grad():
+        for _, p in params:
+            p.mul_(3.7).add_(0.1)
+    scaler.step()
+    for (_, p), t in zip(params, targets):
+        assert abs(float(torch.linalg.vector_norm(p.detach().double())) - t) / t < 1e-5
+
+
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_spectral_step_with_exact_vectors_sets_target_along_old_top(warm_start):
+    sig = [2.0, 1.5, 1.2, 0.7, 0.3]
+    w = with_spectrum(12, 9, sig, seed=1)
+    scaler, p = scaler_for(w, method="spectral", warm_start=warm_start, power_iters=500, block_size=5)
+    t = scaler.targets[0]  # sqrt(12/9) = 1.155 < sigma_2: the regime where sigma_2 stays above target
+    u, s, vh = torch.linalg.svd(w.double())
+    scaler.step()
+    new = p.detach().double()
+    after = torch.linalg.svdvals(new)
+    expected = sorted([t] + sig[1:], reverse=True)
+    assert torch.allclose(after[:5], torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    # (u_1, v_1) is still a singular pair, now with value t
+    assert torch.allclose(new @ vh[0], t * u[:, 0], atol=1e-5)
+    assert torch.allclose(new.t() @ u[:, 0], t * vh[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda: clustered(), lambda: clustered(200, 300, seed=3),
+                                  lambda: torch.randn(256, 256, generator=torch.Generator().manual_seed(2))],
+                         ids=["clustered-tall", "clustered-wide", "gaussian"])
+def test_block_estimate_matches_matrix_norm_after_warm_up(make):
+    w = make()
+    scaler, p = scaler_for(w, method="spectral", warmup_iters=100)
+    scaler.warmed = False
+    est = scaler.estimate_sigmas()[0]
+    assert abs(est - exact_sigma(p)) / exact_sigma(p) < 1e-3
+
+
+def test_block_finds_the_true_top_after_a_correction():
+    """sigma_2 > target: a single warm vector stays on the corrected direction; the block does not."""
+    sig = [3.0, 2.5, 2.0] + torch.linspace(1.5, 0.1, 97).tolist()
+    w = with_spectrum(150, 100, sig, seed=4)
+    fast, p_fast = scaler_for(w, method="spectral", warmup_iters=100)
+    naive, p_naive = scaler_for(w, method="spectral", block_size=1, warmup_iters=100, power_iters=2)
+    for scaler, p in ((fast, p_fast), (naive, p_naive)):
+        scaler.step()  # corrects sigma_1 = 3.0 to the target 1.22
+    assert abs(exact_sigma(p_fast) - 2.5) < 1e-4
+    for _ in range(3):  # each step then corrects the current top: 2.5, then 2.0, then 1.5
+        est = fast.estimate_sigmas()[0]
+        assert abs(est - exact_sigma(p_fast)) / exact_sigma(p_fast) < 1e-3
+        fast.step()
+    assert abs(exact_sigma(p_fast) - sig[4]) / sig[4] < 1e-3  # the next value of the tail
+    # the naive warm start keeps "correcting" the direction it already set to target
+    est_naive = naive.estimate_sigmas()[0]
+    assert abs(est_naive - exact_sigma(p_naive)) / exact_sigma(p_naive) > 0.1
+
+
+def test_state_dict_round_trip_reproduces_the_next_step_exactly():
+    w = clustered(seed=5)
+    a, pa = scaler_for(w, method="spectral")
+    a.step()
+    state = a.state_dict()
+    b, pb = scaler_for(pa.detach(), method="spectral", seed=99)
+    b.load_state_dict(state)
+    assert b.warmed
+    for s in (a, b):
+        with torch.no_grad():
+            s.weights[0].add_(0.01)
+        s.step()
+    assert torch.equal(pa.detach(), pb.detach())
+    assert torch.equal(a.last_sigma[0], b.last_sigma[0])
+
+
+def test_seed_procedure_matches_its_definition():
+    w = clustered(seed=6)
+    scaler, p = scaler_for(w, method="spectral", warm_start=False, power_iters=50, seed=3)
+    g = torch.Generator().manual_seed(3)
+    torch.randn(200, generator=g), torch.randn(300, generator=g)  # the constructor's u, v draws
+    v = torch.randn(200, generator=g)
+    v = v / torch.linalg.vector_norm(v)
+    for _ in range(50):
+        v = torch.nn.functional.normalize(w.t() @ (w @ v), dim=0)
+    sigma = torch.linalg.vector_norm(w.t() @ (w @ v)).sqrt()
+    u = (w @ v) / sigma
+    expected = w + (scaler.targets[0] - sigma) * torch.outer(u, v)
+    scaler.step()
+    assert torch.allclose(p.detach(), expected, atol=1e-6)
+    assert torch.allclose(scaler.last_sigma[0], sigma)
+    s2, _, _ = gram_power_iteration(w, v, 0)
+    assert torch.allclose(s2, sigma)
+
+
+def test_conv_and_channels_last_weights_are_scaled_in_place():
+    g = torch.Generator().manual_seed(7)
+    conv = torch.nn.Parameter(torch.randn(16, 4, 3, 3, generator=g))
+    cl = torch.nn.Parameter(conv.detach().clone().contiguous(memory_format=torch.channels_last))
+    for p in (conv, cl):
+        s = NormScaler([("c", p)], method="spectral", warmup_iters=200)
+        for _ in range(30):
+            s.step()
+        assert abs(exact_sigma(p) - s.targets[0]) / s.targets[0] < 1e-3  # only 16 rows: all get corrected
+
+
+def test_orthonormalize_gives_orthonormal_columns():
+    y = torch.randn(100, 8, generator=torch.Generator().manual_seed(8))
+    q = orthonormalize([y])[0]
+    assert torch.allclose(q.t() @ q, torch.eye(8), atol=1e-5)
+    assert torch.linalg.matrix_rank(torch.cat([q, y], 1)) == 8  # same span
+
+
+def test_bad_arguments_are_rejected():
+    p = [("w", torch.nn.Parameter(torch.randn(4, 4)))]
+    with pytest.raises(ValueError, match="block_size=0"):
+        NormScaler(p, block_size=0)
+    with pytest.raises(ValueError, match="cuda_graph=True is not allowed"):
+        NormScaler(p, cuda_graph=True)
+    state = NormScaler(p, block_size=2).state_dict()
+    with pytest.raises(ValueError, match="block_size"):
+        NormScaler(p, block_size=3).load_state_dict(state)
