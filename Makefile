@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: setup
 	NSLAB_DATA_DIR=$(DATA_DIR) $(PY) -m nslab sweep grids/quick.yaml
+	$(PY) -m nslab report outputs/quick
 
 test: setup
 	$(PY) -m pytest -q
