@@ -25,9 +25,9 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 QUICK: dict[str, Any] = {
-    "model": "mlp", "depth": 3, "width": 512, "method": "spectral", "epochs": 3, "batch_size": 256,
-    "train_subset": 5000, "test_subset": 1000, "milestones": (60, 120), "spectra_every": 1,
-    "checkpoint_every": 1,
+    "model": "mlp", "depth": 3, "width": 512, "method": "spectral", "epochs": 10, "batch_size": 256,
+    "train_subset": 10000, "test_subset": 2000, "milestones": (60, 120), "spectra_every": 1,
+    "checkpoint_every": 5,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {"quick": QUICK}
