@@ -246,13 +246,13 @@ class NormScaler:
         self.generator.manual_seed(seed)
         with torch.no_grad():
             if method == "frobenius":
-                self.targets = [float(torch.linalg.vector_norm(w)) for w in self.weights]
+                # float64 accumulation: a float32 norm of a 512x3072 weight is off by ~2e-5 on CPU
+                self.targets = [float(torch.linalg.vector_norm(w, dtype=torch.float64)) for w in self.weights]
             elif method == "spectral":
                 self.targets = spectral_targets(shapes, targets)
             else:
                 self.targets = [float("nan")] * len(self.weights)
-        # Targets as device tensors so the step never leaves the device.
-        self._target_t = [torch.tensor(t, device=w.device, dtype=w.dtype) for t, w in zip(self.targets, self.weights)]
+        self._target_t = self._target_tensors()
         self.v = [self._random_unit(d_in, w) for (_, d_in), w in zip(shapes, self.weights)]
         self.u = [self._random_unit(d_out, w) for (d_out, _), w in zip(shapes, self.weights)]
         self.blocks = orthonormalize([
@@ -261,6 +261,11 @@ class NormScaler:
         self.warmed = False  # the first block step runs warmup_iters
         self.last_sigma: list[torch.Tensor | None] = [None] * len(self.weights)
         self._graph = None
+
+    def _target_tensors(self) -> list[torch.Tensor]:
+        """Targets as device tensors, so the step never leaves the device (float64 for Frobenius norms)."""
+        return [torch.tensor(t, device=w.device, dtype=torch.float64 if self.method == "frobenius" else w.dtype)
+                for t, w in zip(self.targets, self.weights)]
 
     def _random_unit(self, n: int, like: torch.Tensor) -> torch.Tensor:
         x = torch.randn(n, generator=self.generator, device=like.device, dtype=like.dtype)
@@ -280,7 +285,7 @@ class NormScaler:
 
     def _step(self) -> None:
         if self.method == "frobenius":
-            norms = torch._foreach_norm(self.weights)
+            norms = torch._foreach_norm(self.weights, dtype=torch.float64)
             torch._foreach_mul_(self.weights, torch._foreach_div(self._target_t, norms))
         elif not self.warm_start:
             for i, w in enumerate(self.weights):
@@ -305,7 +310,7 @@ class NormScaler:
             if self.method == "spectral":
                 self._block_estimate([matrix_view(w) for w in self.weights])
             else:
-                torch._foreach_norm(self.weights)
+                torch._foreach_norm(self.weights, dtype=torch.float64)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream):
@@ -363,7 +368,7 @@ class NormScaler:
             raise ValueError(f"scaler state holds blocks of shapes {[tuple(b.shape) for b in blocks]}; this scaler "
                              f"uses {[tuple(b.shape) for b in self.blocks]} (another block_size?)")
         self.targets = list(state["targets"])
-        self._target_t = [torch.tensor(t, device=w.device, dtype=w.dtype) for t, w in zip(self.targets, self.weights)]
+        self._target_t = self._target_tensors()
         self.u = [t.to(w.device) for t, w in zip(state["u"], self.weights)]
         self.v = [t.to(w.device) for t, w in zip(state["v"], self.weights)]
         if blocks:
