@@ -32,19 +32,19 @@ class RunConfig:
     """
 
     # identity
-    name: str = ""  # run folder name under out_dir; "" derives one from the config
+    name: str = ""  # run folder name under out_dir, empty: derived from the config
     # model
     model: str = "mlp"  # mlp, resnet18, resnet34, resnet50
     depth: int = 5  # MLP: number of Linear layers
     width: int = 2000  # MLP: hidden width
-    scale_rule: str = "all"  # "all": every weight with dim >= 2; "seed": skip bn/bias/downsample
+    scale_rule: str = "all"  # all: every weight of 2 or more dims, or seed: skip bn, bias, downsample
     # norm scaling (applied after every optimizer step)
     method: str = "none"  # none, frobenius, spectral
-    targets: str = "per_layer"  # spectral targets: "per_layer" or "first_layer" (seed code)
-    power_iters: int = 2  # iterations per optimizer step (warm: block iterations; cold: the seed uses 500)
+    targets: str = "per_layer"  # spectral targets: per_layer, or first_layer (the seed code)
+    power_iters: int = 2  # iterations per optimizer step (warm: block iterations, cold: the seed used 500)
     warm_start: bool = True  # keep singular vectors between steps (False: fresh random, as the seed)
     power_tol: float = 0.0  # > 0: stop iterating once sigma changes by less (costs a host sync)
-    power_block: int = 32  # warm start: vectors tracked per layer (block iteration; see nslab.scaling)
+    power_block: int = 32  # warm start: vectors tracked per layer (block iteration, see nslab.scaling)
     cuda_graph: bool = False  # capture the scaling step as a CUDA graph (CUDA, warm start only)
     # optimisation (seed recipe)
     epochs: int = 200
@@ -54,14 +54,14 @@ class RunConfig:
     gamma: float = 0.1
     seed: int = 1
     # data
-    data_dir: str = ""  # "" -> $NSLAB_DATA_DIR, else "data"
-    train_subset: int = 0  # 0 = all; else a seeded random subset
+    data_dir: str = ""  # empty: $NSLAB_DATA_DIR, else data/
+    train_subset: int = 0  # 0 for all, else a seeded random subset
     test_subset: int = 0
     augment_test: bool = False  # the seed code also augmented the test set
     # hardware
     device: str = "auto"  # auto: cuda if available, else cpu
     bf16: bool = False  # bf16 autocast (CUDA only)
-    matmul_precision: str = "highest"  # the seed code used "medium"
+    matmul_precision: str = "highest"  # the seed code used medium
     channels_last: bool = False  # ResNets on CUDA: usually faster
     compile: bool = False  # torch.compile the model's forward and backward
     # records
@@ -69,7 +69,7 @@ class RunConfig:
     spectra_every: int = 10  # full singular values every N epochs (and at epoch 0 and the end)
     checkpoint_every: int = 10
     rank_rtol: float = 1e-3  # numerical rank counts sigma_i > rank_rtol * sigma_1
-    rank_method: str = "gram"  # exact singular values: "gram" (eigvalsh, float64; cheapest) or "svd" (svdvals)
+    rank_method: str = "gram"  # exact singular values: gram (eigvalsh in float64, cheapest) or svd (svdvals)
 
     def __post_init__(self) -> None:
         for f in fields(self):

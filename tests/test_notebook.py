@@ -24,6 +24,12 @@ def test_parameters_cell_mirrors_run_config_name_for_name():
     assert names == [f.name for f in fields(RunConfig)]
 
 
+def test_papermill_parses_every_parameter_with_its_type():
+    inferred = papermill.inspect_notebook(NOTEBOOK)  # a line it cannot parse is left out
+    assert list(inferred) == [f.name for f in fields(RunConfig)]
+    assert inferred["width"]["inferred_type_name"] == "int" and inferred["lr"]["inferred_type_name"] == "float"
+
+
 def test_notebook_is_committed_without_outputs():
     nb = json.load(open(NOTEBOOK))
     assert all(not c.get("outputs") and not c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code")
