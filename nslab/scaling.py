@@ -111,6 +111,18 @@ def spectral_targets(shapes: list[tuple[int, int]], targets: str = "per_layer") 
     return per_layer if targets == "per_layer" else [per_layer[0]] * len(per_layer)
 
 
+def frobenius_norms(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """||W||_F of each weight as 0-dim device tensors, accurate to ~1e-7 relative in float32.
+
+    On CUDA one fused ``_foreach_norm`` launch (its reductions are tree-shaped). On the CPU,
+    torch's float32 norm kernel drifts by ~2e-5 on a 512x3072 weight; the norm of the row
+    norms stays within ~1e-7 and is as fast.
+    """
+    if weights and weights[0].is_cuda:
+        return list(torch._foreach_norm(weights))
+    return [torch.linalg.vector_norm(torch.linalg.vector_norm(matrix_view(w), dim=1)) for w in weights]
+
+
 def gram_power_iteration(w: torch.Tensor, v: torch.Tensor, iters: int):
     """The seed's procedure: iterate v <- W^T W v / ||.||, then sigma = sqrt(||W^T W v||), u = W v / sigma."""
     for _ in range(iters):
@@ -263,9 +275,8 @@ class NormScaler:
         self._graph = None
 
     def _target_tensors(self) -> list[torch.Tensor]:
-        """Targets as device tensors, so the step never leaves the device (float64 for Frobenius norms)."""
-        return [torch.tensor(t, device=w.device, dtype=torch.float64 if self.method == "frobenius" else w.dtype)
-                for t, w in zip(self.targets, self.weights)]
+        """Targets as device tensors, so the step never leaves the device."""
+        return [torch.tensor(t, device=w.device, dtype=w.dtype) for t, w in zip(self.targets, self.weights)]
 
     def _random_unit(self, n: int, like: torch.Tensor) -> torch.Tensor:
         x = torch.randn(n, generator=self.generator, device=like.device, dtype=like.dtype)
@@ -285,7 +296,7 @@ class NormScaler:
 
     def _step(self) -> None:
         if self.method == "frobenius":
-            norms = torch._foreach_norm(self.weights, dtype=torch.float64)
+            norms = frobenius_norms(self.weights)
             torch._foreach_mul_(self.weights, torch._foreach_div(self._target_t, norms))
         elif not self.warm_start:
             for i, w in enumerate(self.weights):
@@ -310,7 +321,7 @@ class NormScaler:
             if self.method == "spectral":
                 self._block_estimate([matrix_view(w) for w in self.weights])
             else:
-                torch._foreach_norm(self.weights, dtype=torch.float64)
+                frobenius_norms(self.weights)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream):

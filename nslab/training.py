@@ -79,7 +79,8 @@ def build_session(config: RunConfig) -> Session:
     train_split, test_split = load_cifar100(config.resolved_data_dir, device, config.train_subset,
                                             config.test_subset, config.seed)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, config.depth, config.width, 3 * 32 * 32, NUM_CLASSES)
+    # Input size from the data; the class count is the data set's (CIFAR-100).
+    model = build_model(config.model, config.depth, config.width, train_split.x[0].numel(), NUM_CLASSES)
     init_orthogonal_(scaled_parameters(model, config.scale_rule), torch.Generator().manual_seed(config.seed))
     model.to(device)
     if config.channels_last and device.type == "cuda":
