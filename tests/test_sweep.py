@@ -9,6 +9,7 @@ import pytest
 from nslab import training
 from nslab.cli import main
 from nslab.grid import GridError, expand, load_grid
+from nslab.presets import PRESETS
 from nslab.records import load_run
 from nslab.sweep import Job, _worker_env, progress_line
 
@@ -28,7 +29,9 @@ def test_vary_is_a_product_over_base_and_preset():
                    "vary": {"method": ["none", "spectral"], "seed": [1, 2]}})
     assert [c.name for c in grid.configs] == ["mlp3x512-none-s1", "mlp3x512-none-s2",
                                               "mlp3x512-spectral-s1", "mlp3x512-spectral-s2"]
-    assert {(c.epochs, c.width, c.train_subset) for c in grid.configs} == {(2, 512, 5000)}  # preset < base
+    quick = PRESETS["quick"]
+    assert {(c.epochs, c.width, c.train_subset) for c in grid.configs} == {(2, 512, quick["train_subset"])}  # preset < base
+    assert quick["epochs"] != 2
     assert grid.varied_fields() == ["method", "seed"]
 
 
