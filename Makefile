@@ -26,7 +26,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lab: setup
-	NSLAB_DATA_DIR=$(DATA_DIR) $(VENV)/bin/jupyter lab notebooks/
+	NSLAB_DATA_DIR=$(DATA_DIR) $(VENV)/bin/jupyter lab notebooks/02_dashboard.ipynb
 
 clean-outputs:
 	rm -rf outputs/*/
