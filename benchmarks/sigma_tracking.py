@@ -77,6 +77,8 @@ def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--warmup-iters", type=int, default=100, help="first-step block iterations of warm estimators")
+    ap.add_argument("--train-subset", type=int, default=0, help="override the preset's training subset (0: keep)")
     ap.add_argument("--estimators", default=",".join(ESTIMATORS), help=f"comma list of {list(ESTIMATORS)}")
     ap.add_argument("--json", default="", help="write the rows here")
     args = ap.parse_args(argv)
@@ -85,11 +87,16 @@ def main(argv=None) -> list[dict]:
         data_dir = tempfile.mkdtemp(prefix="nslab-synth-")
         write_synthetic(os.path.join(data_dir, "cifar100_uint8.npz"), n_train=5000, n_test=1000)
     config = preset(args.preset, epochs=args.epochs, device="cpu", data_dir=data_dir)
+    if args.train_subset:
+        config = config.replace(train_subset=args.train_subset)
     rows = []
     print(f"{'estimator':<10} {'steps':>5} {'max err':>9} {'median':>9} {'last ep':>9} {'ckpts':>9}  final sigma_max per layer"
           f"   test acc  scaling s")
     for name in args.estimators.split(","):
-        r = {"estimator": name, **track(config, ESTIMATORS[name])}
+        kwargs = dict(ESTIMATORS[name])
+        if kwargs["warm_start"]:
+            kwargs["warmup_iters"] = args.warmup_iters
+        r = {"estimator": name, **track(config, kwargs)}
         rows.append(r)
         print(f"{name:<10} {r['steps']:>5} {r['max_rel_err']:9.1e} {r['median_rel_err']:9.1e} "
               f"{r['max_rel_err_last_epoch']:9.1e} {r['max_rel_err_checkpoints']:9.1e}  {' '.join(f'{v:.4f}' for v in r['final_sigma_max']):<26}"

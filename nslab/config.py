@@ -90,8 +90,6 @@ class RunConfig:
             _positive(name, getattr(self, name))
         for name in ("lr", "gamma", "rank_rtol"):
             _positive(name, getattr(self, name))
-        if self.model == "mlp" and self.depth < 1:
-            raise ValueError(f"depth={self.depth!r}: an MLP needs at least 1 Linear layer")
         for name in ("train_subset", "test_subset", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: must be >= 0")
@@ -99,6 +97,13 @@ class RunConfig:
             raise ValueError(f"power_tol={self.power_tol!r} is not allowed: must be >= 0 (0 disables early stopping)")
         if any(m <= 0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones={self.milestones!r} is not allowed: positive epochs in increasing order")
+        if self.bf16 and self.device == "cpu":
+            raise ValueError("bf16=True is not allowed with device='cpu': bf16 autocast is a CUDA option")
+        if self.cuda_graph and self.device == "cpu":
+            raise ValueError("cuda_graph=True is not allowed with device='cpu': it needs a CUDA device")
+        if self.cuda_graph and self.method == "spectral" and (not self.warm_start or self.power_tol > 0):
+            raise ValueError(f"cuda_graph=True is not allowed with warm_start={self.warm_start!r}, "
+                             f"power_tol={self.power_tol!r}: capture needs warm_start=True and power_tol=0")
         if self.name and (os.sep in self.name or self.name in (".", "..")):
             raise ValueError(f"name={self.name!r} is not allowed: a plain folder name without '{os.sep}'")
 
@@ -137,8 +142,16 @@ class RunConfig:
         return cls(**values)
 
 
-# Fields that may differ between an interrupted run and its resumption.
+# Fields that may differ between an interrupted run and its resumption (the resolved device
+# type is compared separately: checkpoints hold device-specific generator states).
 RESUMABLE_FIELDS = ("data_dir", "out_dir", "device", "name")
+
+
+def settings_differences(old: Mapping[str, Any], new: "RunConfig") -> list[str]:
+    """What differs between a run folder's config.json and ``new``, as 'field: X there, Y here'."""
+    values = new.to_dict()
+    return [f"{k}: {old.get(k)!r} there, {v!r} here" for k, v in values.items()
+            if k not in RESUMABLE_FIELDS and old.get(k) != v]
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:

@@ -14,7 +14,7 @@ import os
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
-from . import analysis, figures
+from . import analysis, figures, report
 from .analysis import Source, Study
 
 GROUP_COLUMNS = ("test_acc", "train_acc", "test_loss", "train_loss", "gap_acc", "gap_loss")
@@ -126,13 +126,10 @@ class Dashboard:
 
     # -- export --------------------------------------------------------------------------
     def tables(self) -> dict:
-        return {"runs": analysis.summary_table(self.study), "blog_final": analysis.compare_with_blog(self.study),
-                "blog_spectral": analysis.spectral_claims(self.study)}
+        return report.report_tables(self.study)
 
     def export(self, formats=("png", "svg")) -> list[str]:
         """Write the figures as they are now (PNG, SVG) and the tables (CSV, LaTeX) into ``export_dir``."""
-        from . import report
-
         out = self.export_dir.value
         written = report.export_tables(self.tables(), out)
         note = ""

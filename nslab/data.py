@@ -11,6 +11,7 @@ then Normalize with the CIFAR-10 statistics the seed code used.
 """
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 from dataclasses import dataclass
@@ -121,10 +122,17 @@ def augment(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> to
     return padded[batch, chans, rows, cols]
 
 
+@functools.lru_cache(maxsize=None)
+def _channel_stats(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    # Built once per device: a host-to-device copy per batch would stall the step on CUDA.
+    mean = torch.tensor(MEAN, dtype=dtype).view(1, 3, 1, 1).to(device)
+    std = torch.tensor(STD, dtype=dtype).view(1, 3, 1, 1).to(device)
+    return mean, std
+
+
 def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float, scaled to [0, 1] and standardised per channel."""
-    mean = torch.tensor(MEAN, device=x.device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device, dtype=dtype).view(1, 3, 1, 1)
+    mean, std = _channel_stats(x.device, dtype)
     return (x.to(dtype) / 255.0 - mean) / std
 
 

@@ -98,6 +98,14 @@ class RunRecorder:
             self.spectra.append(spectra)
             write_table(self.path("spectra.parquet"), pd.concat(self.spectra, ignore_index=True))
 
+    def clear(self) -> None:
+        """Start the tables afresh (a restart with no checkpoint to resume from)."""
+        self.epochs, self.layers, self.spectra = [], [], []
+        write_table(self.path("epochs.csv"), pd.DataFrame(columns=EPOCH_COLUMNS))
+        write_table(self.path("layers.csv"), pd.DataFrame(columns=LAYER_COLUMNS))
+        if os.path.exists(self.path("spectra.parquet")):
+            os.remove(self.path("spectra.parquet"))
+
     def resume_from(self, epoch: int) -> None:
         """Reload tables written before, keeping rows up to ``epoch`` (the checkpoint's)."""
         run = load_run(self.run_dir)

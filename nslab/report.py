@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 
 from . import analysis, figures
 from .analysis import Source, Study
+from .records import atomic_path, write_table
 
 
 # --- Exports -------------------------------------------------------------------------------
@@ -32,8 +33,9 @@ def export_tables(tables: dict[str, pd.DataFrame], out_dir: str) -> list[str]:
     written = []
     for name, df in tables.items():
         csv, tex = os.path.join(out_dir, f"{name}.csv"), os.path.join(out_dir, f"{name}.tex")
-        df.to_csv(csv, index=False)
-        df.to_latex(tex, index=False, float_format=lambda v: f"{v:.4g}", na_rep="--")
+        write_table(csv, df)
+        with atomic_path(tex) as tmp:
+            df.to_latex(tmp, index=False, float_format=lambda v: f"{v:.4g}", na_rep="--")
         written += [csv, tex]
     return written
 
@@ -141,12 +143,12 @@ def report_html(study: Study, title: str, max_points: int = 400) -> str:
     return html_page(title, blocks, subtitle)
 
 
-def write_report(source: Source, out: str | None = None, max_points: int = 400) -> str:
+def write_report(source: Source, out: str | None = None, max_points: int = 400, study: Study | None = None) -> str:
     """Write the HTML report of a run folder, a sweep folder or a list of run folders; returns its path.
 
-    Default path: ``report.html`` inside the run or sweep folder.
+    Default path: ``report.html`` inside the run or sweep folder. ``study``: the source already loaded.
     """
-    study = analysis.load_study(source)
+    study = study or analysis.load_study(source)
     if out is None:
         if not isinstance(source, (str, os.PathLike)):
             raise ValueError("out is required when the source is a list of run folders")
@@ -157,8 +159,7 @@ def write_report(source: Source, out: str | None = None, max_points: int = 400) 
     else:
         name, kind = f"{len(study.names)} runs", "runs"
     text = report_html(study, f"nslab {kind} report: {name}", max_points)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     return out
 
@@ -192,13 +193,14 @@ def add_parser(subparsers) -> None:
 
 def _cmd_report(args) -> int:
     try:
-        path = write_report(args.source, args.out, args.max_points)
+        study = analysis.load_study(args.source)
+        path = write_report(args.source, args.out, args.max_points, study=study)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
     if args.export:
-        written, note = export_study(analysis.load_study(args.source), args.export)
+        written, note = export_study(study, args.export)
         print(f"wrote {len(written)} files to {args.export}")
         if note:
             print(note, file=sys.stderr)

@@ -58,7 +58,7 @@ seed, 500 cold      1.1e-3      1.1e-7  1.1e-3      1.4e-5       ~170 ms per ste
 seed, 100 cold      2.1e-2      1.8e-6  1.9e-2      7.0e-4
 ==================  ==========  ======  ==========  ===========  ========================
 
-The default row ran with ``warmup_iters=100``, the others with 30 (it changes only the
+The default row ran with ``warmup_iters=100``, the others with 30 (``--warmup-iters``; it changes only the
 first step). "checkpoints" is what ``power_iter_rel_err`` records at each epoch's end. The largest
 errors of every estimator come in the first epoch, where Adam moves the top of a
 nearly flat spectrum (orthogonal init) faster than any warm start follows; the
@@ -287,12 +287,17 @@ class NormScaler:
         """Apply the scaling to every weight, in place."""
         if self.method == "none" or not self.weights:
             return
-        if self.cuda_graph and self.warmed:
-            if self._graph is None:
-                self._capture()
-            self._graph.replay()
-            return
-        self._step()
+        with self._full_precision():
+            if self.cuda_graph and self.warmed:
+                if self._graph is None:
+                    self._capture()
+                self._graph.replay()
+                return
+            self._step()
+
+    def _full_precision(self):
+        """Autocast off: a step called inside a user's autocast region must not run in bf16."""
+        return torch.autocast(device_type=self.weights[0].device.type, enabled=False)
 
     def _step(self) -> None:
         if self.method == "frobenius":
@@ -358,7 +363,8 @@ class NormScaler:
         if self.method != "spectral":
             return [float("nan")] * len(self.weights)
         if self.warm_start:
-            top, _ = self._block_estimate([matrix_view(w) for w in self.weights])
+            with self._full_precision():
+                top, _ = self._block_estimate([matrix_view(w) for w in self.weights])
             return [float(s) for s, _, _ in top]
         probe_gen = torch.Generator(device=self.generator.device)
         probe_gen.manual_seed(12345)  # separate stream: probing must not shift training's randomness

@@ -30,7 +30,7 @@ import pandas as pd
 
 import nslab
 
-from .config import RESUMABLE_FIELDS, RunConfig
+from .config import RunConfig, settings_differences
 from .grid import Grid, GridError, load_grid
 from .records import read_json, write_json, write_table
 
@@ -74,12 +74,10 @@ def plan(grid: Grid, out: str) -> list[Job]:
         job = Job(config.replace(out_dir=out))
         config_path = os.path.join(job.run_dir, "config.json")
         if os.path.exists(config_path):
-            old, new = read_json(config_path), job.config.to_dict()
-            diff = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]]
+            diff = settings_differences(read_json(config_path), job.config)
             if diff:
                 raise GridError(f"{grid.path}: run {job.name!r}: {job.run_dir} holds a run with other settings ("
-                                + ", ".join(f"{k}: {old.get(k)!r} there, {new[k]!r} here" for k in diff)
-                                + "): use another --out or delete that folder")
+                                + ", ".join(diff) + "): use another --out or delete that folder")
             status = _status(job.run_dir).get("status")
             job.action = "skip" if status in FINAL else "resume"
             if status in FINAL:
@@ -133,7 +131,7 @@ def _execute(notebook: str, run_dir: str, parameters: dict, env: dict, cwd: str,
                                    shutdown_kernel="immediate")  # the run folder is complete by then
     except BaseException as err:  # PapermillExecutionError (a cell raised) or anything else
         ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
-        error = f"{ename}: {evalue}".strip()
+        error = f"{ename}: {evalue}".strip()[:4000]  # the pipe is read after the worker exits: keep it small
     finally:
         if os.path.exists(partial):  # a failed notebook is kept too, with the failing cell marked
             os.replace(partial, final)
@@ -173,16 +171,21 @@ def run_sweep(grid: Grid, out: str, workers: int = 0, notebook: str = "", progre
               log: Callable[[str], None] = lambda line: print(line, flush=True)) -> pd.DataFrame:
     """Run every job not yet completed, ``workers`` at a time; return (and write) the summary table."""
     out = os.path.abspath(out)
-    jobs = plan(grid, out)
     notebook = os.path.abspath(notebook or find_notebook())
-    workers = workers or default_workers(jobs)
-    gpus = gpu_ids() if any(j.config.device != "cpu" for j in jobs) else []
     os.makedirs(out, exist_ok=True)
     lock = open(os.path.join(out, ".sweep.lock"), "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        lock.close()
         raise GridError(f"another sweep is running in {out}: wait for it or use another --out") from None
+    try:  # planned under the lock: another sweep may have been writing these run folders
+        jobs = plan(grid, out)
+    except BaseException:
+        lock.close()
+        raise
+    workers = workers or default_workers(jobs)
+    gpus = gpu_ids() if any(j.config.device != "cpu" for j in jobs) else []
     ctx = _start_method()
     started = time.time()
     log(f"sweep {grid.name}: {len(jobs)} runs into {out}, {workers} worker(s)"
@@ -228,9 +231,9 @@ def run_sweep(grid: Grid, out: str, workers: int = 0, notebook: str = "", progre
         log(f"sweep {grid.name}: interrupted")
     finally:
         _write_status(grid, out, jobs, started, finished=True)
+        table = summary(jobs)
+        write_table(os.path.join(out, "summary.csv"), table)
         lock.close()
-    table = summary(jobs)
-    write_table(os.path.join(out, "summary.csv"), table)
     return table
 
 

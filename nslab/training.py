@@ -7,6 +7,7 @@ resumes from the last checkpoint when the run folder already holds a run.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import platform
@@ -21,7 +22,7 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import RESUMABLE_FIELDS, RunConfig
+from .config import RunConfig, settings_differences
 from .data import NUM_CLASSES, Split, batches, load_cifar100
 from .models import build_model, init_orthogonal_, scaled_parameters
 from .probes import layer_stats
@@ -73,7 +74,7 @@ def resolve_device(name: str) -> torch.device:
 def build_session(config: RunConfig) -> Session:
     """Load data, build and initialise the model, optimizer, scheduler and scaler."""
     device = resolve_device(config.device)
-    if config.bf16 and device.type != "cuda":
+    if config.bf16 and device.type != "cuda":  # device='auto' on a machine without CUDA
         raise ValueError(f"bf16=True is not allowed on device {device.type!r}: bf16 autocast is a CUDA option")
     torch.set_float32_matmul_precision(config.matmul_precision)
     train_split, test_split = load_cifar100(config.resolved_data_dir, device, config.train_subset,
@@ -83,7 +84,7 @@ def build_session(config: RunConfig) -> Session:
     model = build_model(config.model, config.depth, config.width, train_split.x[0].numel(), NUM_CLASSES)
     init_orthogonal_(scaled_parameters(model, config.scale_rule), torch.Generator().manual_seed(config.seed))
     model.to(device)
-    if config.channels_last and device.type == "cuda":
+    if _channels_last(config, device):
         model.to(memory_format=torch.channels_last)
     scaler = make_scaler(model, config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -92,6 +93,11 @@ def build_session(config: RunConfig) -> Session:
     # The compiled wrapper shares the model's parameters, so the scaler and checkpoints use `model`.
     forward = torch.compile(model) if config.compile else model
     return Session(config, device, model, forward, optimizer, scheduler, scaler, generator, train_split, test_split)
+
+
+def _channels_last(config: RunConfig, device: torch.device) -> bool:
+    """channels_last helps convolutions on CUDA; an MLP would only copy its input twice."""
+    return config.channels_last and device.type == "cuda" and config.model != "mlp"
 
 
 def _autocast(session: Session):
@@ -105,7 +111,7 @@ def train_one_epoch(s: Session) -> dict:
     s.model.train()
     loss_sum = torch.zeros((), device=s.device)
     correct = torch.zeros((), device=s.device, dtype=torch.long)
-    cl = s.config.channels_last and s.device.type == "cuda"
+    cl = _channels_last(s.config, s.device)
     for x, y in batches(s.train, s.config.batch_size, s.generator, shuffle=True, augmented=True, channels_last=cl):
         with _autocast(s):
             logits = s.forward(x)
@@ -127,7 +133,7 @@ def evaluate(s: Session) -> dict:
     s.model.eval()
     loss_sum = torch.zeros((), device=s.device)
     correct = torch.zeros((), device=s.device, dtype=torch.long)
-    cl = s.config.channels_last and s.device.type == "cuda"
+    cl = _channels_last(s.config, s.device)
     for x, y in batches(s.test, s.config.batch_size, s.generator, shuffle=False,
                         augmented=s.config.augment_test, channels_last=cl):
         with _autocast(s):
@@ -179,13 +185,33 @@ def format_progress(row: dict, epochs: int) -> str:
             f"test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:5.2f}%  {row['seconds']:.1f}s")
 
 
-def _check_resumable(run_dir: str, config: RunConfig) -> None:
+def _check_resumable(run_dir: str, config: RunConfig, device: torch.device) -> None:
     old = read_json(os.path.join(run_dir, "config.json"))
-    new = config.to_dict()
-    diff = [k for k in new if k not in RESUMABLE_FIELDS and old.get(k) != new[k]]
+    diff = settings_differences(old, config)
     if diff:
-        raise ValueError(f"run folder {run_dir!r} holds a run with other settings ({', '.join(f'{k}: {old.get(k)!r} there, {new[k]!r} here' for k in diff)}): "
+        raise ValueError(f"run folder {run_dir!r} holds a run with other settings ({', '.join(diff)}): "
                          f"choose another name or out_dir, or delete that folder")
+    trained_on = str(old.get("device_resolved", device.type)).split(":")[0]
+    if trained_on != device.type:
+        raise ValueError(f"run folder {run_dir!r} was trained on {trained_on!r} and cannot resume on {device.type!r}: "
+                         f"its checkpoints hold {trained_on} generator states; resume it on a {trained_on} device")
+
+
+def _status(run_dir: str) -> str:
+    path = os.path.join(run_dir, "status.json")
+    return read_json(path).get("status", "") if os.path.exists(path) else ""
+
+
+@contextlib.contextmanager
+def _exclusive(run_dir: str):
+    """Hold a lock on the run folder: two writers would interleave tables and checkpoints."""
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"run folder {run_dir!r} is in use by another process") from None
+        yield
 
 
 def train(config: RunConfig, log: Callable[[str], None] = print) -> Run:
@@ -196,11 +222,18 @@ def train(config: RunConfig, log: Callable[[str], None] = print) -> Run:
     run_dir = config.run_dir
     existing = os.path.exists(os.path.join(run_dir, "config.json"))
     if existing:
-        _check_resumable(run_dir, config)
-        if read_json(os.path.join(run_dir, "status.json")).get("status") == "completed":
-            log(f"{config.run_name}: already completed in {run_dir}; not training again")
+        _check_resumable(run_dir, config, resolve_device(config.device))
+        status = _status(run_dir)
+        if status in ("completed", "diverged"):  # a diverged run would diverge again, identically
+            log(f"{config.run_name}: already {status} in {run_dir}; not training again")
             return load_run(run_dir)
     session = build_session(config)  # validates data and sizes before anything is written
+    with _exclusive(run_dir):
+        return _train(session, existing, log)
+
+
+def _train(session: Session, existing: bool, log: Callable[[str], None]) -> Run:
+    config, run_dir = session.config, session.config.run_dir
     recorder = RunRecorder(run_dir)
     start = 1
     found = latest_checkpoint(run_dir) if existing else None
@@ -210,6 +243,8 @@ def train(config: RunConfig, log: Callable[[str], None] = print) -> Run:
         recorder.resume_from(epoch)
         start = epoch + 1
         log(f"{config.run_name}: resuming from the checkpoint of epoch {epoch}")
+    elif existing:
+        recorder.clear()  # an earlier attempt stopped before its first checkpoint: start afresh
     recorder.write_config(provenance(config, session.device))
     recorder.set_status("running", f"epoch {start - 1} of {config.epochs} done", start - 1)
     epoch = start - 1

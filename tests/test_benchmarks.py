@@ -10,7 +10,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 def test_step_overhead_smoke(tmp_path):
     out = tmp_path / "so.json"
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_overhead.py"), "--models", "mlp2x16",
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_overhead.py"), "--models", "mlp2x64",
                           "--batch", "4", "--steps", "2", "--rounds", "1", "--warmup", "1", "--min-seconds", "0",
                           "--methods", "none,frobenius,spectral,spectral-seed500", "--json", str(out)],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -19,4 +19,4 @@ def test_step_overhead_smoke(tmp_path):
     rows = json.load(open(out))["rows"]
     assert [r["method"] for r in rows] == ["none", "frobenius", "spectral", "spectral-seed500"]
     assert all(math.isfinite(r["ratio"]) and r["ms_per_step"] > 0 for r in rows)
-    assert rows[2]["sigma_rel_err"] < 1e-3
+    assert rows[2]["sigma_rel_err"] < 1e-3  # width 64 > the block of 32: the estimate is not exact by construction

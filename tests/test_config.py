@@ -27,6 +27,16 @@ def test_bad_values_name_the_field_value_and_what_is_allowed(field, value, messa
         RunConfig(**{field: value})
 
 
+def test_settings_that_need_cuda_or_a_capturable_step():
+    with pytest.raises(ValueError, match="cuda_graph=True is not allowed with device='cpu'"):
+        RunConfig(cuda_graph=True, device="cpu")
+    with pytest.raises(ValueError, match="capture needs warm_start=True and power_tol=0"):
+        RunConfig(cuda_graph=True, method="spectral", warm_start=False)
+    with pytest.raises(ValueError, match="capture needs warm_start=True and power_tol=0"):
+        RunConfig(cuda_graph=True, method="spectral", power_tol=1e-4)
+    assert RunConfig(cuda_graph=True, method="spectral", device="cuda").cuda_graph
+
+
 def test_papermill_style_values_are_coerced():
     c = RunConfig(lr=1, width="256", warm_start="false", milestones="30,60", power_tol=0)
     assert (c.lr, c.width, c.warm_start, c.milestones, c.power_tol) == (1.0, 256, False, (30, 60), 0.0)

@@ -30,8 +30,9 @@ def test_papermill_parses_every_parameter_with_its_type():
     assert inferred["width"]["inferred_type_name"] == "int" and inferred["lr"]["inferred_type_name"] == "float"
 
 
-def test_notebook_is_committed_without_outputs():
-    nb = json.load(open(NOTEBOOK))
+@pytest.mark.parametrize("name", ["01_reproduce.ipynb", "02_dashboard.ipynb", "03_report.ipynb"])
+def test_notebooks_are_committed_without_outputs(name):
+    nb = json.load(open(os.path.join(os.path.dirname(NOTEBOOK), name)))
     assert all(not c.get("outputs") and not c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code")
 
 

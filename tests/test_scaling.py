@@ -42,7 +42,7 @@ def test_frobenius_norm_equals_target_after_a_step():
             p.mul_(3.7).add_(0.1)
     scaler.step()
     for (_, p), t in zip(params, targets):
-        assert abs(float(torch.linalg.vector_norm(p.detach().double())) - t) / t < 1e-5
+        assert abs(float(torch.linalg.vector_norm(p.detach().double())) - t) / t < 1e-6
 
 
 @pytest.mark.parametrize("warm_start", [True, False])
@@ -68,7 +68,6 @@ def test_spectral_step_with_exact_vectors_sets_target_along_old_top(warm_start):
 def test_block_estimate_matches_matrix_norm_after_warm_up(make):
     w = make()
     scaler, p = scaler_for(w, method="spectral", warmup_iters=100)
-    scaler.warmed = False
     est = scaler.estimate_sigmas()[0]
     assert abs(est - exact_sigma(p)) / exact_sigma(p) < 1e-3
 

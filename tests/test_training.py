@@ -19,7 +19,7 @@ def _tables(run_dir):
 def test_run_folder_schema(tiny):
     cfg = tiny(method="spectral", epochs=3, spectra_every=2, checkpoint_every=2)
     run = nslab.train(cfg, log=lambda s: None)
-    files = sorted(os.listdir(cfg.run_dir))
+    files = sorted(f for f in os.listdir(cfg.run_dir) if not f.startswith("."))
     assert files == ["checkpoints", "config.json", "epochs.csv", "layers.csv", "spectra.parquet", "status.json"]
     assert run.status == {"status": "completed", "message": "3 epochs", "epoch": 3}
     assert list(run.epochs.columns) == EPOCH_COLUMNS and list(run.epochs.epoch) == [1, 2, 3]
@@ -121,8 +121,66 @@ def test_bad_subset_fails_before_anything_is_written(tiny):
 
 
 def test_bf16_on_cpu_is_refused(tiny):
-    with pytest.raises(ValueError, match="bf16=True is not allowed on device 'cpu'"):
-        nslab.train(tiny(bf16=True), log=lambda s: None)
+    with pytest.raises(ValueError, match="bf16=True is not allowed with device='cpu'"):
+        tiny(bf16=True)
+    if not torch.cuda.is_available():  # 'auto' resolves to the CPU here: refused before any training
+        with pytest.raises(ValueError, match="bf16=True is not allowed on device 'cpu'"):
+            nslab.train(tiny(bf16=True, device="auto"), log=lambda s: None)
+
+
+def test_restart_without_checkpoint_starts_afresh(tiny, monkeypatch):
+    cfg = tiny(epochs=3, checkpoint_every=5)
+    real_epoch, calls = training.train_one_epoch, {"n": 0}
+
+    def crash(limit):
+        def epoch(session):
+            calls["n"] += 1
+            if calls["n"] > limit:
+                raise RuntimeError("simulated crash")
+            return real_epoch(session)
+        return epoch
+
+    monkeypatch.setattr(training, "train_one_epoch", crash(2))
+    with pytest.raises(RuntimeError):
+        nslab.train(cfg, log=lambda s: None)
+    assert list(load_run(cfg.run_dir).epochs.epoch) == [1, 2]
+    calls["n"] = 0
+    monkeypatch.setattr(training, "train_one_epoch", crash(0))
+    with pytest.raises(RuntimeError):
+        nslab.train(cfg, log=lambda s: None)
+    run = load_run(cfg.run_dir)
+    assert run.epochs.empty and list(run.layers.epoch.unique()) == [0], "no rows of the earlier attempt are kept"
+
+
+def test_diverged_run_is_not_trained_again(tiny):
+    cfg = tiny(method="none", lr=1e30, epochs=5)
+    nslab.train(cfg, log=lambda s: None)
+    lines = []
+    assert nslab.train(cfg, log=lines.append).status["status"] == "diverged"
+    assert "already diverged" in lines[0]
+
+
+def test_a_run_folder_in_use_is_refused(tiny):
+    import fcntl
+
+    cfg = tiny(epochs=1)
+    os.makedirs(cfg.run_dir)
+    with open(os.path.join(cfg.run_dir, ".lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="is in use by another process"):
+            nslab.train(cfg, log=lambda s: None)
+
+
+def test_resume_on_another_device_type_is_refused(tiny):
+    cfg = tiny(epochs=1)
+    nslab.train(cfg, log=lambda s: None)
+    path = os.path.join(cfg.run_dir, "config.json")
+    config = json.load(open(path))
+    config["device_resolved"] = "cuda:0"
+    json.dump(config, open(path, "w"))
+    os.remove(os.path.join(cfg.run_dir, "status.json"))  # also: a folder without status.json is read leniently
+    with pytest.raises(ValueError, match="was trained on 'cuda' and cannot resume on 'cpu'"):
+        nslab.train(cfg, log=lambda s: None)
 
 
 def test_non_finite_loss_stops_as_diverged_and_keeps_tables(tiny):
