@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -33,16 +32,9 @@ from nslab.models import scaled_parameters  # noqa: E402
 from nslab.scaling import NormScaler  # noqa: E402
 from nslab.training import build_session, evaluate, probe_layers, train_one_epoch  # noqa: E402
 
-from step_overhead import METHODS, _cpu_name, _sync  # noqa: E402
+from step_overhead import METHODS, _cpu_name, _sync, model_fields  # noqa: E402
 
 FULL_TRAIN, FULL_TEST, EPOCHS, GRID_METHODS = 50_000, 10_000, 200, ("none", "frobenius", "spectral")
-
-
-def model_fields(name: str) -> dict:
-    m = re.fullmatch(r"mlp(\d+)x(\d+)", name)
-    if m:
-        return {"model": "mlp", "depth": int(m.group(1)), "width": int(m.group(2))}
-    return {"model": name}
 
 
 def time_epoch(model: str, method: str, data_dir: str, args) -> dict:

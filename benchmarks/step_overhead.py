@@ -46,13 +46,18 @@ CPU_DEFAULTS = dict(models="mlp3x512,resnet18", batch="64")
 GPU_DEFAULTS = dict(models="mlp5x2000,mlp7x4000,resnet34,resnet50", batch="128,512")
 
 
-def parse_model(name: str) -> torch.nn.Module:
+def model_fields(name: str) -> dict:
+    """RunConfig fields of a benchmark model name: ``mlpDxW`` (e.g. mlp5x2000) or a ResNet."""
     m = re.fullmatch(r"mlp(\d+)x(\d+)", name)
     if m:
-        return build_model("mlp", depth=int(m.group(1)), width=int(m.group(2)))
+        return {"model": "mlp", "depth": int(m.group(1)), "width": int(m.group(2))}
     if name in ("resnet18", "resnet34", "resnet50"):
-        return build_model(name)
+        return {"model": name}
     raise ValueError(f"model={name!r} is not allowed: mlpDxW (e.g. mlp5x2000) or resnet18, resnet34, resnet50")
+
+
+def parse_model(name: str) -> torch.nn.Module:
+    return build_model(**model_fields(name))
 
 
 def _sync(device: torch.device) -> None:
