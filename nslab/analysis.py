@@ -267,7 +267,7 @@ def summary_table(study: Study) -> pd.DataFrame:
             r = last.loc[name]
             row.update(epochs_done=int(r.epoch), train_acc=100 * r.train_acc, test_acc=100 * r.test_acc,
                        train_loss=r.train_loss, test_loss=r.test_loss, gap_acc=100 * r.gap_acc,
-                       seconds=float(study.epochs.loc[study.epochs.run == name, "seconds"].sum()))
+                       seconds=float(study.epoch_rows(name)["seconds"].sum()))
         s = spread[spread.run == name]
         if len(s):
             row["mean_sigma_max_last"] = float(s["mean"].iloc[-1])

@@ -154,13 +154,14 @@ def _inv_chol_t(grams: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False).mT
 
 
-def orthonormalize(ys: list[torch.Tensor]) -> list[torch.Tensor]:
+def orthonormalize(ys: list[torch.Tensor], grams: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Shifted Cholesky QR of each block Y (m, k): Q = Y L^{-T}, L L^T = Y^T Y + shift I.
 
     Q^T Q = I - shift (L L^T)^{-1} <= I: columns are orthonormal to about the shift
     (1e-6 relative) where Y is well conditioned, and shrink, never blow up, where not.
+    ``grams``: the Y^T Y already computed by the caller.
     """
-    inv_t = _batched(_inv_chol_t, [y.t() @ y for y in ys])
+    inv_t = _batched(_inv_chol_t, grams if grams is not None else [y.t() @ y for y in ys])
     return [y @ r for y, r in zip(ys, inv_t)]
 
 
@@ -183,25 +184,28 @@ def _top_eigvec(g: torch.Tensor) -> torch.Tensor:
 def subspace_iteration(mats: list[torch.Tensor], blocks: list[torch.Tensor], iters: int):
     """``iters`` block iterations on matrices (m_i, n_i) from blocks (n_i, k_i).
 
-    Returns (qs, zs, blocks): the last left bases Q (m, k), Z = W^T Q (n, k) and the
-    next blocks orth(Z) (n, k).
+    Returns (qs, zs, zgrams, blocks): the last left bases Q (m, k), Z = W^T Q (n, k), Z^T Z
+    (k, k) (the Ritz step reuses it) and the next blocks orth(Z) (n, k).
     """
     if iters < 1:
         raise ValueError(f"iters={iters!r} is not allowed: an integer >= 1")
     for _ in range(iters):
         qs = orthonormalize([m @ b for m, b in zip(mats, blocks)])
         zs = [m.t() @ q for m, q in zip(mats, qs)]
-        blocks = orthonormalize(zs)
-    return qs, zs, blocks
+        zgrams = [z.t() @ z for z in zs]
+        blocks = orthonormalize(zs, zgrams)
+    return qs, zs, zgrams, blocks
 
 
-def ritz_top(qs: list[torch.Tensor], zs: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def ritz_top(qs: list[torch.Tensor], zs: list[torch.Tensor],
+             zgrams: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(sigma, u, v) per matrix: the top Ritz triple of W restricted to span(Q), Z = W^T Q.
 
-    u = Q p / ||Q p||, W^T u = Z p / ||Q p||, sigma = ||W^T u||, v = W^T u / sigma.
+    p is the top eigenvector of Z^T Z (``zgrams``); u = Q p / ||Q p||, W^T u = Z p / ||Q p||,
+    sigma = ||W^T u||, v = W^T u / sigma.
     """
     out = []
-    for q, z, p in zip(qs, zs, _batched(_top_eigvec, [z.t() @ z for z in zs])):
+    for q, z, p in zip(qs, zs, _batched(_top_eigvec, zgrams)):
         u = q @ p
         norm_u = torch.linalg.vector_norm(u).clamp_min(_TINY)
         wtu = (z @ p) / norm_u
@@ -337,12 +341,12 @@ class NormScaler:
         """Top Ritz triples and the next blocks; reads, never writes, the scaler's state."""
         iters = self.power_iters if self.warmed else max(self.power_iters, self.warmup_iters)
         if self.tol <= 0:
-            qs, zs, blocks = subspace_iteration(mats, self.blocks, iters)
-            return ritz_top(qs, zs), blocks
+            qs, zs, zgrams, blocks = subspace_iteration(mats, self.blocks, iters)
+            return ritz_top(qs, zs, zgrams), blocks
         blocks, prev = self.blocks, None
         for _ in range(iters):
-            qs, zs, blocks = subspace_iteration(mats, blocks, 1)
-            top = ritz_top(qs, zs)
+            qs, zs, zgrams, blocks = subspace_iteration(mats, blocks, 1)
+            top = ritz_top(qs, zs, zgrams)
             sig = [float(s) for s, _, _ in top]  # host sync: the documented cost of tol > 0
             if prev is not None and all(abs(a - b) <= self.tol * a for a, b in zip(sig, prev)):
                 break
