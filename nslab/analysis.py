@@ -19,16 +19,16 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig
+from .config import RunConfig, arch_name, field_names
 from .records import Run, load_run
 
 Source = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 
 # RunConfig fields that do not make a configuration different: seeds are averaged over,
 # and where a run was stored or computed does not change what was trained.
-NOT_CONFIGURATION = ("name", "seed", "data_dir", "out_dir", "device")
+NOT_CONFIGURATION = field_names("configuration", False)
 # Fields a group label always shows (as the architecture and method); others only where groups differ.
-_LABEL_FIELDS = ("model", "depth", "width", "method")
+_LABEL_FIELDS = tuple(f for f in field_names("named") if f not in NOT_CONFIGURATION)
 RANK_COLUMNS = ("stable_rank", "effective_rank", "numerical_rank")
 
 # --- The blog's numbers ----------------------------------------------------------------
@@ -71,13 +71,6 @@ def find_run_dirs(source: Source) -> list[str]:
     if not dirs:
         raise ValueError("no run folders given: the list is empty")
     return dirs
-
-
-def arch_name(config: dict) -> str:
-    """``mlp5x2000`` for an MLP, the model's name otherwise (the blog's row names)."""
-    if config.get("model", "mlp") == "mlp":
-        return f"mlp{config.get('depth')}x{config.get('width')}"
-    return str(config["model"])
 
 
 def configuration(config: dict) -> dict:

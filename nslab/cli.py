@@ -38,9 +38,18 @@ def _cmd_run(args) -> int:
     return 0 if run.status["status"] == "completed" else 1
 
 
-def _cmd_presets(_args) -> int:
+def _cmd_presets(args) -> int:
     from .presets import PRESETS
 
+    if args.yaml:
+        import yaml
+
+        if args.yaml not in PRESETS:
+            print(f"error: preset={args.yaml!r} is not allowed: choose one of {sorted(PRESETS)}", file=sys.stderr)
+            return 2
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS[args.yaml].items()}
+        print(yaml.safe_dump(values, sort_keys=False), end="")
+        return 0
     for name, values in PRESETS.items():
         print(f"{name:22s} " + " ".join(f"{k}={v}" for k, v in values.items() if k != "name"))
     return 0
@@ -50,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nslab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
-    sub.add_parser("presets", help="list the named presets")
+    p = sub.add_parser("presets", help="list the named presets")
+    p.add_argument("--yaml", metavar="NAME", default="",
+                   help="print one preset as YAML (papermill -f FILE, or a grid's base)")
     from . import report, sweep
 
     sweep.add_parser(sub)

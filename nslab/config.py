@@ -8,6 +8,7 @@ naming the field, the value and what is allowed, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
@@ -19,6 +20,25 @@ SCALE_RULES = ("all", "seed")
 DEVICES = ("auto", "cpu", "cuda")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 RANK_METHODS = ("svd", "gram")
+# Bounds that catch typos before a process tries to allocate them (an MLP of width 65536 is 4e9 weights
+# per hidden layer already); a folder name is at most 255 bytes on Linux filesystems.
+MAX_SEED = 2**62
+MAX_DEPTH, MAX_WIDTH, MAX_ITERS, MAX_BATCH = 1024, 65536, 100_000, 1 << 20
+MAX_NAME_BYTES = 255
+
+
+def _f(default: Any, help: str = "", *, resumable: bool = False, configuration: bool = True,
+       named: bool = False, location: bool = False):
+    """A RunConfig field with its classification (``dataclasses.fields(RunConfig)[i].metadata``).
+
+    help: the one-line comment shown in ``--help`` and the notebook's parameters cell.
+    resumable: may differ between a run folder and the run that resumes it (where it is kept or run).
+    configuration: makes runs different configurations (False: seeds and places, averaged or ignored).
+    named: shown in the derived run name (``mlp5x2000-spectral-s1``).
+    location: where the run is kept; never part of a name or a comparison.
+    """
+    return field(default=default, metadata={"help": help, "resumable": resumable, "configuration": configuration,
+                                            "named": named, "location": location})
 
 
 @dataclass(frozen=True)
@@ -28,48 +48,51 @@ class RunConfig:
     Defaults are the blog's recipe (NOTES.md) with nslab's own choices where the
     blog's text and its authors' code differ: per-layer spectral targets and a
     warm-started power iteration. ``presets.PRESETS['paper-*']`` switch to the
-    seed code's exact behaviour.
+    seed code's exact behaviour. Each field's classification is in its metadata
+    (see :func:`_f` and :func:`field_names`).
     """
 
     # identity
-    name: str = ""  # run folder name under out_dir, empty: derived from the config
+    name: str = _f("", "run folder name under out_dir, empty: derived from the config", resumable=True,
+                   configuration=False, location=True)
     # model
-    model: str = "mlp"  # mlp, resnet18, resnet34, resnet50
-    depth: int = 5  # MLP: number of Linear layers
-    width: int = 2000  # MLP: hidden width
-    scale_rule: str = "all"  # all: every weight of 2 or more dims, or seed: skip bn, bias, downsample
+    model: str = _f("mlp", "mlp, resnet18, resnet34, resnet50", named=True)
+    depth: int = _f(5, "MLP: number of Linear layers", named=True)
+    width: int = _f(2000, "MLP: hidden width", named=True)
+    scale_rule: str = _f("all", "all: every weight of 2 or more dims, or seed: skip bn, bias, downsample")
     # norm scaling (applied after every optimizer step)
-    method: str = "none"  # none, frobenius, spectral
-    targets: str = "per_layer"  # spectral targets: per_layer, or first_layer (the seed code)
-    power_iters: int = 2  # iterations per optimizer step (warm: block iterations, cold: the seed used 500)
-    warm_start: bool = True  # keep singular vectors between steps (False: fresh random, as the seed)
-    power_tol: float = 0.0  # > 0: stop iterating once sigma changes by less (costs a host sync)
-    power_block: int = 32  # warm start: vectors tracked per layer (block iteration, see nslab.scaling)
-    cuda_graph: bool = False  # capture the scaling step as a CUDA graph (CUDA, warm start only)
+    method: str = _f("none", "none, frobenius, spectral", named=True)
+    targets: str = _f("per_layer", "spectral targets: per_layer, or first_layer (the seed code)")
+    power_iters: int = _f(2, "iterations per optimizer step (warm: block iterations, cold: the seed used 500)")
+    warm_start: bool = _f(True, "keep singular vectors between steps (False: fresh random, as the seed)")
+    power_tol: float = _f(0.0, "> 0: stop iterating once sigma changes by less (costs a host sync)")
+    power_block: int = _f(32, "warm start: vectors tracked per layer (block iteration, see nslab.scaling)")
+    cuda_graph: bool = _f(False, "capture the scaling step as a CUDA graph (CUDA, warm start only)")
     # optimisation (seed recipe)
-    epochs: int = 200
-    batch_size: int = 512
-    lr: float = 1e-3
-    milestones: tuple = (60, 120)  # MultiStepLR epochs
-    gamma: float = 0.1
-    seed: int = 1
+    epochs: int = _f(200, "training epochs (raise it to extend a finished run)")
+    batch_size: int = _f(512, "images per optimizer step")
+    lr: float = _f(1e-3, "Adam learning rate")
+    milestones: tuple = _f((60, 120), "MultiStepLR epochs")
+    gamma: float = _f(0.1, "learning-rate factor at each milestone")
+    seed: int = _f(1, "seeds init, data order, augmentation and subsets", configuration=False, named=True)
     # data
-    data_dir: str = ""  # empty: $NSLAB_DATA_DIR, else data/
-    train_subset: int = 0  # 0 for all, else a seeded random subset
-    test_subset: int = 0
-    augment_test: bool = False  # the seed code also augmented the test set
+    data_dir: str = _f("", "empty: $NSLAB_DATA_DIR, else data/", resumable=True, configuration=False)
+    train_subset: int = _f(0, "0 for all, else a seeded random subset")
+    test_subset: int = _f(0, "0 for all, else a seeded random subset")
+    augment_test: bool = _f(False, "the seed code also augmented the test set")
     # hardware
-    device: str = "auto"  # auto: cuda if available, else cpu
-    bf16: bool = False  # bf16 autocast (CUDA only)
-    matmul_precision: str = "highest"  # the seed code used medium
-    channels_last: bool = False  # ResNets on CUDA: usually faster
-    compile: bool = False  # torch.compile the model's forward and backward
+    device: str = _f("auto", "auto: cuda if available, else cpu", resumable=True, configuration=False)
+    bf16: bool = _f(False, "bf16 autocast (CUDA only)")
+    matmul_precision: str = _f("highest", "the seed code used medium")
+    channels_last: bool = _f(False, "ResNets on CUDA: usually faster")
+    compile: bool = _f(False, "torch.compile the model's forward and backward")
     # records
-    out_dir: str = "outputs"
-    spectra_every: int = 10  # full singular values every N epochs (and at epoch 0 and the end)
-    checkpoint_every: int = 10
-    rank_rtol: float = 1e-3  # numerical rank counts sigma_i > rank_rtol * sigma_1
-    rank_method: str = "gram"  # exact singular values: gram (eigvalsh in float64, cheapest) or svd (svdvals)
+    out_dir: str = _f("outputs", "run folders go to out_dir/<name>/", resumable=True, configuration=False,
+                      location=True)
+    spectra_every: int = _f(10, "full singular values every N epochs (and at epoch 0 and the end)")
+    checkpoint_every: int = _f(10, "checkpoint every N epochs (and at the end)")
+    rank_rtol: float = _f(1e-3, "numerical rank counts sigma_i > rank_rtol * sigma_1")
+    rank_method: str = _f("gram", "exact singular values: gram (eigvalsh in float64, cheapest) or svd (svdvals)")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -85,6 +108,13 @@ class RunConfig:
         _choice("device", self.device, DEVICES)
         _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         _choice("rank_method", self.rank_method, RANK_METHODS)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name}={value!r} is not allowed: must be a finite number")
+            if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+                raise ValueError(f"{f.name}={value!r} is not allowed: control characters (newline, tab, ...) "
+                                 f"cannot be part of a name or path")
         for name in ("depth", "width", "epochs", "batch_size", "power_iters", "power_block", "spectra_every",
                      "checkpoint_every"):
             _positive(name, getattr(self, name))
@@ -93,6 +123,12 @@ class RunConfig:
         for name in ("train_subset", "test_subset", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: must be >= 0")
+        if self.seed > MAX_SEED:
+            raise ValueError(f"seed={self.seed!r} is not allowed: must be at most {MAX_SEED} (2**62)")
+        for name, most in (("depth", MAX_DEPTH), ("width", MAX_WIDTH), ("power_iters", MAX_ITERS),
+                           ("batch_size", MAX_BATCH), ("power_block", MAX_WIDTH)):
+            if getattr(self, name) > most:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: must be at most {most}")
         if self.power_tol < 0:
             raise ValueError(f"power_tol={self.power_tol!r} is not allowed: must be >= 0 (0 disables early stopping)")
         if any(m <= 0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
@@ -106,6 +142,9 @@ class RunConfig:
                              f"power_tol={self.power_tol!r}: capture needs warm_start=True and power_tol=0")
         if self.name and (os.sep in self.name or self.name in (".", "..")):
             raise ValueError(f"name={self.name!r} is not allowed: a plain folder name without '{os.sep}'")
+        if len(self.run_name.encode()) > MAX_NAME_BYTES:
+            raise ValueError(f"name={self.run_name!r} is not allowed: a folder name has at most {MAX_NAME_BYTES} "
+                             f"bytes, this one {len(self.run_name.encode())}")
 
     # -- derived ---------------------------------------------------------------
     @property
@@ -113,8 +152,7 @@ class RunConfig:
         """The run folder's name: ``name`` if set, else e.g. ``mlp5x2000-spectral-s1``."""
         if self.name:
             return self.name
-        arch = f"mlp{self.depth}x{self.width}" if self.model == "mlp" else self.model
-        return f"{arch}-{self.method}-s{self.seed}"
+        return f"{arch_name(self.to_dict())}-{self.method}-s{self.seed}"
 
     @property
     def resolved_data_dir(self) -> str:
@@ -142,16 +180,29 @@ class RunConfig:
         return cls(**values)
 
 
-# Fields that may differ between an interrupted run and its resumption (the resolved device
-# type is compared separately: checkpoints hold device-specific generator states).
-RESUMABLE_FIELDS = ("data_dir", "out_dir", "device", "name")
+def field_names(flag: str, value: bool = True) -> tuple[str, ...]:
+    """RunConfig's fields whose metadata ``flag`` is ``value``, in declaration order (see :func:`_f`)."""
+    return tuple(f.name for f in fields(RunConfig) if f.metadata[flag] == value)
+
+
+def arch_name(config: Mapping[str, Any]) -> str:
+    """The architecture as runs, tables and the blog name it: ``mlp5x2000`` for an MLP, else the model."""
+    if config.get("model", "mlp") == "mlp":
+        return f"mlp{config.get('depth')}x{config.get('width')}"
+    return str(config["model"])
 
 
 def settings_differences(old: Mapping[str, Any], new: "RunConfig") -> list[str]:
-    """What differs between a run folder's config.json and ``new``, as 'field: X there, Y here'."""
+    """What differs between a run folder's config.json and ``new``, as 'field: X there, Y here'.
+
+    Resumable fields (where a run is kept or run) may differ; so may ``epochs`` when ``new`` raises it
+    (the run is extended). The resolved device type and the data are compared separately.
+    """
     values = new.to_dict()
+    resumable = field_names("resumable")
     return [f"{k}: {old.get(k)!r} there, {v!r} here" for k, v in values.items()
-            if k not in RESUMABLE_FIELDS and old.get(k) != v]
+            if k not in resumable and old.get(k) != v
+            and not (k == "epochs" and isinstance(old.get(k), int) and v > old[k])]
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:

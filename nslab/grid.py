@@ -34,15 +34,15 @@ from typing import Any
 
 import yaml
 
-from .config import RunConfig
+from .config import RunConfig, field_names
 from .presets import PRESETS
 
 TOP_KEYS = ("sweep", "description", "base", "vary", "runs")
 FIELDS = tuple(f.name for f in fields(RunConfig))
 CONFIG_KEYS = ("preset",) + tuple(f for f in FIELDS if f != "out_dir")
 # Fields RunConfig.run_name already shows (depth and width for MLPs), and fields that never name a run.
-_IN_RUN_NAME = {"model", "depth", "width", "method", "seed"}
-_NOT_IN_NAME = {"name", "out_dir"}
+_IN_RUN_NAME = set(field_names("named"))
+_NOT_IN_NAME = set(field_names("location"))
 
 
 class GridError(ValueError):

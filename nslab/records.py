@@ -24,9 +24,16 @@ from typing import Callable
 
 import pandas as pd
 
-EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"]
+# clean_test_*: the un-augmented test set, recorded where augment_test is on (NaN otherwise).
+EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "clean_test_loss",
+                 "clean_test_acc", "seconds"]
+# target: the method's per-layer target (a spectral norm where config.json's target_norm is
+# "spectral", a Frobenius norm where it is "frobenius"); n_above_target and excess are measured
+# against a spectral target (NaN without one); op_*: conv layers as operators (NaN for others);
+# alpha: heavy-tail exponent, at spectra epochs only.
 LAYER_COLUMNS = ["epoch", "layer", "shape", "sigma_max", "frobenius", "stable_rank", "effective_rank",
-                 "numerical_rank", "target", "power_iter_rel_err"]
+                 "numerical_rank", "target", "power_iter_rel_err", "n_above_target", "excess",
+                 "op_sigma_max", "op_stable_rank", "alpha"]
 SPECTRA_COLUMNS = ["epoch", "layer", "index", "sigma"]
 STATUSES = ("running", "completed", "failed", "diverged")
 
@@ -65,6 +72,18 @@ def write_table(path: str, df: pd.DataFrame) -> None:
 def read_json(path: str):
     with open(path) as f:
         return json.load(f)
+
+
+def read_status(run_dir: str) -> dict:
+    """``status.json`` of a run folder as a dict; ``{}`` where it is missing or unreadable.
+
+    nslab writes it atomically, so it is never half-written; a foreign or damaged file reads as no status.
+    """
+    try:
+        status = read_json(os.path.join(run_dir, "status.json"))
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
 
 
 @dataclass

@@ -7,7 +7,6 @@ resumes from the last checkpoint when the run folder already holds a run.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import os
 import platform
@@ -26,7 +25,8 @@ from .config import RunConfig, settings_differences
 from .data import NUM_CLASSES, Split, batches, load_cifar100
 from .models import build_model, init_orthogonal_, scaled_parameters
 from .probes import layer_stats
-from .records import Run, RunRecorder, load_run, read_json
+from .locks import exclusive
+from .records import Run, RunRecorder, load_run, read_json, read_status
 from .scaling import NormScaler, make_scaler
 
 
@@ -197,23 +197,6 @@ def _check_resumable(run_dir: str, config: RunConfig, device: torch.device) -> N
                          f"its checkpoints hold {trained_on} generator states; resume it on a {trained_on} device")
 
 
-def _status(run_dir: str) -> str:
-    path = os.path.join(run_dir, "status.json")
-    return read_json(path).get("status", "") if os.path.exists(path) else ""
-
-
-@contextlib.contextmanager
-def _exclusive(run_dir: str):
-    """Hold a lock on the run folder: two writers would interleave tables and checkpoints."""
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, ".lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(f"run folder {run_dir!r} is in use by another process") from None
-        yield
-
-
 def train(config: RunConfig, log: Callable[[str], None] = print) -> Run:
     """Train one configuration into ``config.run_dir``, resuming if a run is already there.
 
@@ -223,12 +206,12 @@ def train(config: RunConfig, log: Callable[[str], None] = print) -> Run:
     existing = os.path.exists(os.path.join(run_dir, "config.json"))
     if existing:
         _check_resumable(run_dir, config, resolve_device(config.device))
-        status = _status(run_dir)
+        status = read_status(run_dir).get("status", "")
         if status in ("completed", "diverged"):  # a diverged run would diverge again, identically
             log(f"{config.run_name}: already {status} in {run_dir}; not training again")
             return load_run(run_dir)
     session = build_session(config)  # validates data and sizes before anything is written
-    with _exclusive(run_dir):
+    with exclusive(run_dir):  # two writers would interleave tables and checkpoints
         return _train(session, existing, log)
 
 

@@ -7,6 +7,8 @@ import papermill
 import pytest
 
 from nslab.config import RunConfig
+from nslab.notebook import parameters_source
+from nslab.presets import PRESETS
 from nslab.records import load_run
 
 NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "notebooks", "01_reproduce.ipynb")
@@ -17,11 +19,18 @@ def _parameters_cell():
     return [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
 
 
-def test_parameters_cell_mirrors_run_config_name_for_name():
+def test_parameters_cell_mirrors_run_config_name_type_and_default():
     cells = _parameters_cell()
     assert len(cells) == 1
-    names = [line.split(":")[0] for line in "".join(cells[0]["source"]).splitlines() if line.strip()]
-    assert names == [f.name for f in fields(RunConfig)]
+    source = "".join(cells[0]["source"])
+    assert source == parameters_source(), "run `python -m nslab.notebook` to regenerate the parameters cell"
+    namespace = {}
+    exec(source, namespace)  # the cell as papermill's kernel runs it
+    config = RunConfig.from_dict({f.name: namespace[f.name] for f in fields(RunConfig)})
+    # The shipped defaults are the quick preset (safe to Run All); every other field is RunConfig's default.
+    assert config == RunConfig.from_dict({k: v for k, v in PRESETS["quick"].items() if k != "name"})
+    for f in fields(RunConfig):
+        assert type(namespace[f.name]) is (list if f.name == "milestones" else type(f.default)), f.name
 
 
 def test_papermill_parses_every_parameter_with_its_type():
