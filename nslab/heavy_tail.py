@@ -25,6 +25,11 @@ than calling powerlaw: the same fit takes powerlaw 0.13-1.8 s for 2,000 values (
 candidates, measured) and needs scipy and matplotlib. The tests check alpha, xmin and D against
 powerlaw on Pareto samples of known exponent.
 
+No fit (NaN, and ``AlphaFit.reason`` says why): fewer than ``min_evals`` eigenvalues above the
+threshold; a flat spectrum (relative spread <= 1e-5: an orthogonal init, to which powerlaw fits
+alpha ~ 1e6-1e7 from rounding noise, measured on the MLPs at init); fewer than 3 distinct values;
+no xmin with alpha > 1.
+
 Convolutions: nslab fits the spectrum its probes already take (the reshape (out, in*kh*kw)).
 WeightWatcher instead pools the eigenvalues of the kh*kw slices W[:, :, i, j]; to fit those, pass
 ``torch.linalg.svdvals(w.permute(2, 3, 0, 1)).flatten()``.
@@ -38,6 +43,9 @@ import torch
 
 EVALS_THRESH = 1e-5  # WeightWatcher's: eigenvalues at or below it are numerically zero
 MIN_EVALS = 10  # WeightWatcher's DEFAULT_MIN_EVALS: layers with fewer eigenvalues are not fitted
+# Spectra flatter than this (relative spread of the eigenvalues) are an orthogonal init up to
+# rounding: powerlaw and WeightWatcher fit alpha ~ 1e6-1e7 to that noise (measured); nslab says NaN.
+FLAT_SPREAD = 1e-5
 _CHUNK = 1 << 22  # candidate x value pairs per block of the KS computation (32 MiB in float64)
 
 
@@ -79,6 +87,9 @@ def fit_alpha(singular_values, thresh: float = EVALS_THRESH, min_evals: int = MI
     n = ev.numel()
     if n < min_evals:
         return _none(f"{n} eigenvalues above {thresh:g}, fewer than {min_evals}", n)
+    if float(ev[-1] - ev[0]) <= FLAT_SPREAD * float(ev[-1]):
+        return _none(f"eigenvalues within {FLAT_SPREAD:g} of each other (a flat spectrum, e.g. an orthogonal "
+                     "init): no tail to fit", n)
     values, counts = torch.unique_consecutive(ev, return_counts=True)
     if values.numel() < 3:
         return _none(f"{values.numel()} distinct eigenvalues: a power law needs 3", n)

@@ -191,3 +191,26 @@ def test_geometry_refuses_a_conv_seen_at_two_sizes():
     with pytest.raises(ValueError, match="applied to inputs of sizes"):
         conv_geometry(model, 8)
     assert conv._forward_pre_hooks == {}  # hooks removed even on error
+
+
+@pytest.mark.slow
+def test_op_probe_cost_benchmark_smoke(tmp_path):
+    """About 10 s of CPU: a ResNet18 with its orthogonal init, one conv layer, alpha of a tiny MLP."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    out = tmp_path / "op.json"
+    res = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "op_probe_cost.py"), "--model", "resnet18",
+                          "--only", "layer1.0.conv1", "--repeats", "1", "--zeros-iters", "3", "--alpha", "mlp2x64",
+                          "--json", str(out)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    result = json.load(open(out))
+    (row,) = result["layers"]
+    assert row["layer"] == "layer1.0.conv1.weight" and 1 <= row["ratio_circular"] <= 3
+    assert row["op_zeros"] <= row["op_zeros_bound"] * (1 + 1e-6)
+    assert result["cost"]["lanczos_max_rel_err"] < 1e-5 and result["cost"]["layers"] == 1
+    assert [r["layer"] for r in result["alpha"]] == ["1.weight", "3.weight"]  # Flatten, Linear, ReLU, Linear

@@ -70,8 +70,14 @@ def test_ties_follow_powerlaw():
 def test_nan_with_a_reason():
     few = fit_alpha(torch.ones(5))
     assert math.isnan(few.alpha) and "fewer than 10" in few.reason
-    flat = fit_alpha(torch.full((50,), 2.0))  # an orthogonal init: one distinct eigenvalue
-    assert math.isnan(flat.alpha) and "distinct eigenvalues" in flat.reason
+    w = torch.empty(200, 300)
+    torch.nn.init.orthogonal_(w, generator=torch.Generator().manual_seed(0))
+    sv = torch.linalg.svdvals(w * 1.7)  # an orthogonal init: equal up to float32 rounding (powerlaw: alpha ~ 1e6)
+    assert 0 < float(sv[0] - sv[-1])
+    flat = fit_alpha(sv)
+    assert math.isnan(flat.alpha) and "flat spectrum" in flat.reason
+    two = fit_alpha(torch.tensor([1.0] * 20 + [2.0] * 20))
+    assert math.isnan(two.alpha) and "2 distinct eigenvalues" in two.reason
     tiny = fit_alpha(torch.full((50,), 1e-4))  # all below WeightWatcher's threshold (evals <= 1e-5)
     assert math.isnan(tiny.alpha) and f"above {EVALS_THRESH:g}" in tiny.reason
     assert math.isnan(alpha([]))
