@@ -40,7 +40,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .conv_spectra import PADDING_MODES, ConvGeometry, _geometry, output_size
+from .conv_spectra import PADDING_MODES, ConvGeometry, check_geometry, output_size
 from .scaling import orthonormalize, ritz_top
 
 _TINY = 1e-30
@@ -49,7 +49,7 @@ _TINY = 1e-30
 def _check(weight: torch.Tensor, geometry: ConvGeometry, padding_mode: str) -> ConvGeometry:
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode={padding_mode!r} is not allowed: choose one of {list(PADDING_MODES)}")
-    geo = _geometry(weight, **geometry.kwargs())
+    geo = check_geometry(weight, **geometry.kwargs())
     if padding_mode == "circular":
         for n, p, d, k, s in zip(geo.input_size, geo.padding, geo.dilation, weight.shape[2:], geo.stride):
             if n % s or not 0 <= p <= d * (k - 1) or d * (k - 1) > n:
@@ -59,35 +59,62 @@ def _check(weight: torch.Tensor, geometry: ConvGeometry, padding_mode: str) -> C
     return geo
 
 
-def _circular_pads(weight: torch.Tensor, geo: ConvGeometry) -> list[tuple[int, int]]:
-    """(low, high) circular padding per spatial dim: p before, d*(k-1) - p after (output h/s)."""
-    return [(p, d * (k - 1) - p) for p, d, k in zip(geo.padding, geo.dilation, weight.shape[2:])]
+def _circular_pads(weight: torch.Tensor, geo: ConvGeometry) -> tuple[int, int, int, int]:
+    """F.pad's (left, right, top, bottom): p before, d*(k-1) - p after, so the output is h/s."""
+    (ph, pw), (dh, dw), (kh, kw) = geo.padding, geo.dilation, weight.shape[2:]
+    return pw, dw * (kw - 1) - pw, ph, dh * (kh - 1) - ph
 
 
 def conv_apply(weight: torch.Tensor, x: torch.Tensor, geometry: ConvGeometry, padding_mode: str = "zeros"):
     """A x for input maps x (B, in, h, w); returns (B, out, ho, wo)."""
-    geo = _check(weight, geometry, padding_mode)
-    if padding_mode == "zeros":
-        return F.conv2d(x, weight, None, geo.stride, geo.padding, geo.dilation, geo.groups)
-    (lh, hh), (lw, hw) = _circular_pads(weight, geo)
-    return F.conv2d(F.pad(x, (lw, hw, lh, hh), mode="circular"), weight, None, geo.stride, 0, geo.dilation, geo.groups)
+    return _apply(weight, x, _check(weight, geometry, padding_mode), padding_mode)
 
 
 def conv_adjoint(weight: torch.Tensor, y: torch.Tensor, geometry: ConvGeometry, padding_mode: str = "zeros"):
     """A^T y for output maps y (B, out, ho, wo); returns (B, in, h, w)."""
-    geo = _check(weight, geometry, padding_mode)
+    return _adjoint(weight, y, _check(weight, geometry, padding_mode), padding_mode)
+
+
+def kernel_gradient(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, geometry: ConvGeometry,
+                    padding_mode: str = "zeros") -> torch.Tensor:
+    """G = d(u^T A(K) v)/dK, shaped like ``weight``; u (out, ho, wo) or (1, ...), v (in, h, w) or (1, ...).
+
+    <G, K'> = u^T A(K') v for every kernel K' (A is linear in K).
+    """
+    return _kernel_gradient(weight, u, v, _check(weight, geometry, padding_mode), padding_mode)
+
+
+@torch.no_grad()
+def operator_correction_(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, target, geometry: ConvGeometry,
+                         padding_mode: str = "zeros", one_sided: bool = False) -> None:
+    """One first-order step towards ||A||_2 = ``target`` along the top pair (u, v), in place.
+
+    ``K <- K + (target - <G, K>) G / ||G||_F^2`` with G = :func:`kernel_gradient` (<G, K> = u^T A v,
+    the sigma of an exact or Ritz pair). ``one_sided=True`` only lowers (``spectral_cap``): no change
+    where u^T A v <= target. No host synchronisation. See the module docstring for why this step.
+    """
+    _correct(weight, u, v, target, _check(weight, geometry, padding_mode), padding_mode, one_sided)
+
+
+# Unchecked kernels: the geometry was validated by the caller (once, not at every training step).
+def _apply(weight, x, geo: ConvGeometry, padding_mode: str):
+    if padding_mode == "zeros":
+        return F.conv2d(x, weight, None, geo.stride, geo.padding, geo.dilation, geo.groups)
+    return F.conv2d(F.pad(x, _circular_pads(weight, geo), mode="circular"), weight, None, geo.stride, 0,
+                    geo.dilation, geo.groups)
+
+
+def _adjoint(weight, y, geo: ConvGeometry, padding_mode: str):
     size = geo.input_size
-    ks = [d * (k - 1) for d, k in zip(geo.dilation, weight.shape[2:])]
     if padding_mode == "zeros":
         # output_padding makes conv_transpose2d return exactly (h, w)
-        extra = [n + 2 * p - k - 1 - (m - 1) * s
-                 for n, p, k, m, s in zip(size, geo.padding, ks, y.shape[2:], geo.stride)]
+        extra = [n + 2 * p - d * (k - 1) - 1 - (m - 1) * s for n, p, d, k, m, s in
+                 zip(size, geo.padding, geo.dilation, weight.shape[2:], y.shape[2:], geo.stride)]
         return F.conv_transpose2d(y, weight, None, geo.stride, geo.padding, extra, geo.groups, geo.dilation)
-    extra = [n - 1 - (m - 1) * s for n, m, s in zip(size, y.shape[2:], geo.stride)]  # pads: low+high = k
+    extra = [n - 1 - (m - 1) * s for n, m, s in zip(size, y.shape[2:], geo.stride)]  # pads add up to d*(k-1)
     z = F.conv_transpose2d(y, weight, None, geo.stride, 0, extra, geo.groups, geo.dilation)
-    for dim, (n, (low, high)) in zip((2, 3), zip(size, _circular_pads(weight, geo))):
-        z = _fold(z, dim, n, low, high)
-    return z
+    left, right, top, bottom = _circular_pads(weight, geo)
+    return _fold(_fold(z, 2, size[0], top, bottom), 3, size[1], left, right)
 
 
 def _fold(z: torch.Tensor, dim: int, n: int, low: int, high: int) -> torch.Tensor:
@@ -100,35 +127,20 @@ def _fold(z: torch.Tensor, dim: int, n: int, low: int, high: int) -> torch.Tenso
     return x
 
 
-def kernel_gradient(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, geometry: ConvGeometry,
-                    padding_mode: str = "zeros") -> torch.Tensor:
-    """G = d(u^T A(K) v)/dK, shaped like ``weight``; u (out, ho, wo) or (1, ...), v (in, h, w) or (1, ...).
-
-    <G, K'> = u^T A(K') v for every kernel K' (A is linear in K).
-    """
-    geo = _check(weight, geometry, padding_mode)
+def _kernel_gradient(weight, u, v, geo: ConvGeometry, padding_mode: str):
     u = u.reshape(1, weight.shape[0], *output_size(weight, geo, padding_mode))
     v = v.reshape(1, weight.shape[1] * geo.groups, *geo.input_size)
     if padding_mode == "zeros":
         return torch.nn.grad.conv2d_weight(v, weight.shape, u, geo.stride, geo.padding, geo.dilation, geo.groups)
-    (lh, hh), (lw, hw) = _circular_pads(weight, geo)
-    return torch.nn.grad.conv2d_weight(F.pad(v, (lw, hw, lh, hh), mode="circular"), weight.shape, u,
+    return torch.nn.grad.conv2d_weight(F.pad(v, _circular_pads(weight, geo), mode="circular"), weight.shape, u,
                                        geo.stride, 0, geo.dilation, geo.groups)
 
 
-@torch.no_grad()
-def operator_correction_(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, target, geometry: ConvGeometry,
-                         padding_mode: str = "zeros", one_sided: bool = False) -> None:
-    """One first-order step towards ||A||_2 = ``target`` along the top pair (u, v), in place.
-
-    ``K <- K + (target - <G, K>) G / ||G||_F^2`` with G = :func:`kernel_gradient` (<G, K> = u^T A v,
-    the sigma of an exact or Ritz pair). ``one_sided=True`` only lowers (``spectral_cap``): no change
-    where u^T A v <= target. No host synchronisation. See the module docstring for why this step.
-    """
-    g = kernel_gradient(weight, u, v, geometry, padding_mode)
-    current = (g.double() * weight.double()).sum()
+def _correct(weight, u, v, target, geo: ConvGeometry, padding_mode: str, one_sided: bool) -> None:
+    g = _kernel_gradient(weight.detach(), u, v, geo, padding_mode)
+    current = (g * weight).sum(dtype=torch.float64)  # float64 sums of float32 products
     step = (torch.as_tensor(target, dtype=torch.float64, device=weight.device) - current) / \
-        (g.double() ** 2).sum().clamp_min(_TINY)
+        g.square().sum(dtype=torch.float64).clamp_min(_TINY)
     if one_sided:
         step = step.clamp_max(0)
     weight.add_(g * step.to(weight.dtype))
@@ -157,11 +169,11 @@ class ConvTopTriple:
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"{name}={value!r} is not allowed: an integer >= 1")
         self.padding_mode = padding_mode or geometry.padding_mode
-        _check(weight, geometry, self.padding_mode)
         self.geometry = geometry
+        self._geo = _check(weight, geometry, self.padding_mode)  # validated once; the steps use it unchecked
         self.weight, self.warmup_iters = weight, warmup_iters
-        self.in_shape = (weight.shape[1] * geometry.groups, *self.geometry.input_size)
-        self.out_shape = (weight.shape[0], *output_size(weight, self.geometry, self.padding_mode))
+        self.in_shape = (weight.shape[1] * geometry.groups, *self._geo.input_size)
+        self.out_shape = (weight.shape[0], *output_size(weight, self._geo, self.padding_mode))
         d_in, d_out = math.prod(self.in_shape), math.prod(self.out_shape)
         gen = torch.Generator(device=weight.device).manual_seed(seed)
         start = torch.randn(d_in, min(block_size, d_in, d_out), generator=gen, device=weight.device,
@@ -177,9 +189,9 @@ class ConvTopTriple:
         w, k = self.weight.detach(), self.block.shape[1]
         block = self.block
         for _ in range(iters if self.warmed else max(iters, self.warmup_iters)):
-            y = conv_apply(w, block.t().reshape(k, *self.in_shape), self.geometry, self.padding_mode)
+            y = _apply(w, block.t().reshape(k, *self.in_shape), self._geo, self.padding_mode)
             q = orthonormalize([y.reshape(k, -1).t()])[0]
-            z = conv_adjoint(w, q.t().reshape(k, *self.out_shape), self.geometry, self.padding_mode)
+            z = _adjoint(w, q.t().reshape(k, *self.out_shape), self._geo, self.padding_mode)
             z = z.reshape(k, -1).t()
             zgram = z.t() @ z
             block = orthonormalize([z], [zgram])[0]
@@ -191,7 +203,7 @@ class ConvTopTriple:
     def project_(self, target, iters: int = 2, one_sided: bool = False) -> torch.Tensor:
         """Estimate, then :func:`operator_correction_` the weight towards ``target``; returns the sigma used."""
         sigma, u, v = self.estimate(iters)
-        operator_correction_(self.weight, u, v, target, self.geometry, self.padding_mode, one_sided)
+        _correct(self.weight, u, v, target, self._geo, self.padding_mode, one_sided)
         return sigma
 
     def state_dict(self) -> dict:

@@ -81,8 +81,8 @@ class ConvGeometry:
         return out
 
 
-def _geometry(weight, input_size, stride, padding, dilation, groups) -> ConvGeometry:
-    """Validated geometry (refuses bad input before any work)."""
+def check_geometry(weight, input_size, stride=1, padding=0, dilation=1, groups=1) -> ConvGeometry:
+    """The validated geometry of ``weight`` (padding_mode left at its default): refuses bad input before any work."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or not weight.is_floating_point():
         got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ValueError(f"weight={got} is not allowed: a floating conv weight of shape (out, in/groups, kh, kw)")
@@ -144,6 +144,7 @@ def fourier_blocks(weight: torch.Tensor, geo: ConvGeometry, padding_mode: str = 
     frequencies of the output grid (mh, mw), and ``mult`` (F * groups,) in {1, 2}: the operator's
     singular values are those of every block, each counted ``mult`` times.
     """
+    geo = check_geometry(weight, **geo.kwargs())
     grid = _grid(weight, geo, padding_mode)
     w = weight.detach().to(dtype or (torch.float64 if weight.dtype == torch.float64 else torch.float32))
     k = _polyphase_kernel(w, grid, geo)
@@ -177,7 +178,7 @@ def conv_singular_values(weight: torch.Tensor, input_size, stride=1, padding=0, 
     """
     if method not in SPECTRUM_METHODS:
         raise ValueError(f"method={method!r} is not allowed: choose one of {list(SPECTRUM_METHODS)}")
-    geo = _geometry(weight, input_size, stride, padding, dilation, groups)
+    geo = check_geometry(weight, input_size, stride, padding, dilation, groups)
     blocks, mult = fourier_blocks(weight, geo, padding_mode, torch.float64 if method == "gram" else None)
     if method == "svd":
         sv = torch.linalg.svdvals(blocks)
@@ -196,7 +197,8 @@ def conv_operator_frobenius(weight: torch.Tensor, input_size, stride=1, padding=
     wrap onto the same input add up first). Zeros: tap (a, b) is counted at the outputs whose input
     ``s*i + d*a - p`` lies inside, ``||A||_F^2 = sum K[o,c,a,b]^2 n_h(a) n_w(b)``.
     """
-    return float(_frobenius(weight, _geometry(weight, input_size, stride, padding, dilation, groups), padding_mode))
+    geo = check_geometry(weight, input_size, stride, padding, dilation, groups)
+    return float(_frobenius(weight, geo, padding_mode))
 
 
 def _frobenius(weight: torch.Tensor, geo: ConvGeometry, padding_mode: str) -> torch.Tensor:
@@ -277,7 +279,7 @@ def conv_operator_norm(weight: torch.Tensor, input_size, stride=1, padding=0, di
     by ``svdvals`` of every block (on a CPU about as fast for blocks up to 256 x 256; on a GPU
     batched SVD runs matrix by matrix, Lanczos only does batched products).
     """
-    geo = _geometry(weight, input_size, stride, padding, dilation, groups)
+    geo = check_geometry(weight, input_size, stride, padding, dilation, groups)
     return conv_operator_norms({"w": weight}, {"w": geo}, padding_mode, steps, seed)["w"]
 
 
@@ -292,20 +294,23 @@ def conv_operator_norms(weights: Mapping[str, torch.Tensor], geometries: Mapping
     missing = [name for name in weights if name not in geometries]
     if missing:
         raise ValueError(f"weights {missing} have no geometry: pass conv_geometry(model)'s entries")
-    groups: dict[tuple, list[tuple[str, torch.Tensor]]] = defaultdict(list)
+    groups: dict[tuple, list[str]] = defaultdict(list)
     for name, w in weights.items():
-        geo = _geometry(w, **geometries[name].kwargs())
-        blocks, _ = fourier_blocks(w, geo, padding_mode)
-        groups[(tuple(blocks.shape[1:]), blocks.dtype, blocks.device)].append((name, blocks))
+        geo = check_geometry(w, **geometries[name].kwargs())
+        _grid(w, geo, padding_mode)  # refuses a bad padding_mode or size before any work
+        block = (w.shape[0] // geo.groups, w.shape[1] * geo.stride[0] * geo.stride[1])  # (out/g, in/g * sh * sw)
+        groups[(block, w.dtype == torch.float64, w.device)].append(name)
     out = {}
-    for (_, _, device), members in groups.items():
-        stack = torch.cat([blk for _, blk in members])
+    for (_, _, device), names in groups.items():  # one group's blocks in memory at a time
+        blocks = [fourier_blocks(weights[name], geometries[name], padding_mode)[0] for name in names]
+        stack = torch.cat(blocks)
         if steps is None:
             tops = torch.linalg.svdvals(stack)[..., 0]
         else:
             tops = lanczos_top(stack, steps, torch.Generator(device=device).manual_seed(seed))
-        for (name, blk), part in zip(members, tops.split([blk.shape[0] for _, blk in members])):
+        for name, part in zip(names, tops.split([b.shape[0] for b in blocks])):
             out[name] = part.max()
+        del blocks, stack
     return out
 
 
@@ -319,7 +324,7 @@ def conv_operator_stats(weights: Mapping[str, torch.Tensor], geometries: Mapping
     if not weights:
         return {}
     norms = conv_operator_norms(weights, geometries, padding_mode, steps, seed)
-    fros = [_frobenius(w, _geometry(w, **geometries[name].kwargs()), padding_mode) for name, w in weights.items()]
+    fros = [_frobenius(w, check_geometry(w, **geometries[name].kwargs()), padding_mode) for name, w in weights.items()]
     values = torch.stack([torch.stack([norms[name].double(), fro]) for name, fro in zip(weights, fros)]).cpu()
     out = {}
     for name, (sigma, fro) in zip(weights, values.tolist()):
