@@ -9,8 +9,11 @@ For every conv weight of the model at the input size it sees (``conv_geometry``,
 * the cost of a probe over all conv layers: the full operator spectrum (``svd`` and ``gram``) and
   the top value only (``conv_operator_stats``: Lanczos with ``--steps``, and ``steps=None``, exact),
   with the Lanczos value's largest relative error against the exact top;
+* with ``--step-batch B``, the cost of the ``operator`` correction (``ConvTopTriple.project_``, 2
+  iterations, block 8, on every conv) against one training step (forward, backward, Adam) at batch B;
 * with ``--alpha``, the cost of ``heavy_tail.fit_alpha`` on each scaled layer's spectrum of the
-  named models at init (and of ``powerlaw.Fit`` where installed).
+  named models with PyTorch's default init (an orthogonal init is flat: no fit), and of
+  ``powerlaw.Fit`` where installed.
 
     python benchmarks/op_probe_cost.py                                   # resnet34 at init, CPU
     python benchmarks/op_probe_cost.py --model resnet18 --checkpoint RUN/checkpoints/epoch_0002.pt
@@ -96,6 +99,33 @@ def probe_costs(weights, geometry, device, steps: int, repeats: int) -> dict:
     return out
 
 
+def step_costs(model, geometry, weights, device, batch: int, repeats: int) -> dict:
+    """One training step at ``batch`` and one operator correction of every conv, after a warm-up."""
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 100, (batch,), device=device)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    with torch.no_grad():
+        ests = {n: ConvTopTriple(w, geometry[n], "circular", warmup_iters=5) for n, w in weights.items()}
+        targets = {n: float(est.estimate()[0]) for n, est in ests.items()}  # hold today's norms
+
+    def correct():
+        for n, est in ests.items():
+            est.project_(targets[n], iters=2)
+
+    out = {"batch": batch}
+    out["train_step_s"], _ = timed(train_step, device, repeats)
+    out["operator_correction_s"], _ = timed(correct, device, repeats)
+    out["ratio"] = out["operator_correction_s"] / out["train_step_s"]
+    return out
+
+
 def alpha_costs(models: list[str], device: torch.device, repeats: int) -> list[dict]:
     try:
         import powerlaw
@@ -103,7 +133,7 @@ def alpha_costs(models: list[str], device: torch.device, repeats: int) -> list[d
         powerlaw = None
     rows = []
     for name in models:
-        model = load_model(name, "", device)
+        model = parse_model(name).to(device)  # PyTorch's default init: spectra with a spread
         for layer, w in scaled_parameters(model):
             sv = singular_values(w, "gram")
             seconds, fit = timed(lambda: fit_alpha(sv), device, repeats)
@@ -135,6 +165,8 @@ def main(argv=None) -> dict:
                     "operator (0: skip)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--epoch-seconds", type=float, default=0.0, help="an epoch's time on this device, for percents")
+    ap.add_argument("--step-batch", type=int, default=0, help="time the operator correction against a training "
+                    "step at this batch size (0: skip)")
     ap.add_argument("--alpha", default="", help="models (e.g. mlp5x2000,mlp7x4000) whose layers' alpha fit is timed")
     ap.add_argument("--skip-layers", action="store_true")
     ap.add_argument("--skip-cost", action="store_true")
@@ -168,6 +200,14 @@ def main(argv=None) -> dict:
                 print(f"as % of a {args.epoch_seconds} s epoch: " + ", ".join(
                     f"{k[:-2]} {100 * cost[k] / args.epoch_seconds:.2f} %"
                     for k in ("full_svd_s", "full_gram_s", "top_lanczos_s", "top_exact_s")))
+    if args.step_batch:
+        model = load_model(args.model, args.checkpoint, dev)
+        geometry = conv_geometry(model, args.image_size)
+        weights = {n: p for n, p in model.named_parameters() if n in geometry and args.only in n}
+        result["step"] = step = step_costs(model, geometry, weights, dev, args.step_batch, args.repeats)
+        print(f"training step at batch {step['batch']}: {step['train_step_s']:.3f} s; operator correction of "
+              f"{len(weights)} convs (2 iterations, block 8): {step['operator_correction_s']:.3f} s "
+              f"({100 * step['ratio']:.1f} % of the step)")
     if args.alpha:
         result["alpha"] = alpha_costs(args.alpha.split(","), dev, args.repeats)
     if args.json:
