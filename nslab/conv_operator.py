@@ -91,7 +91,9 @@ def operator_correction_(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
 
     ``K <- K + (target - <G, K>) G / ||G||_F^2`` with G = :func:`kernel_gradient` (<G, K> = u^T A v,
     the sigma of an exact or Ritz pair). ``one_sided=True`` only lowers (``spectral_cap``): no change
-    where u^T A v <= target. No host synchronisation. See the module docstring for why this step.
+    where u^T A v <= target. No host synchronisation; a ``target`` given as a 0-dim device tensor
+    also avoids the host-to-device copy of a float (as needed inside a CUDA graph). See the module
+    docstring for why this step.
     """
     _correct(weight, u, v, target, _check(weight, geometry, padding_mode), padding_mode, one_sided)
 
@@ -139,7 +141,9 @@ def _kernel_gradient(weight, u, v, geo: ConvGeometry, padding_mode: str):
 def _correct(weight, u, v, target, geo: ConvGeometry, padding_mode: str, one_sided: bool) -> None:
     g = _kernel_gradient(weight.detach(), u, v, geo, padding_mode)
     current = (g * weight).sum(dtype=torch.float64)  # float64 sums of float32 products
-    step = (torch.as_tensor(target, dtype=torch.float64, device=weight.device) - current) / \
+    target = target.to(torch.float64) if isinstance(target, torch.Tensor) else \
+        torch.tensor(target, dtype=torch.float64, device=weight.device)
+    step = (target - current) / \
         g.square().sum(dtype=torch.float64).clamp_min(_TINY)
     if one_sided:
         step = step.clamp_max(0)
@@ -196,12 +200,14 @@ class ConvTopTriple:
             zgram = z.t() @ z
             block = orthonormalize([z], [zgram])[0]
         sigma, u, v = ritz_top([q], [z], [zgram])[0]
-        self.block, self.warmed = block, True
+        self.block.copy_(block)  # in place: a captured CUDA graph reads this buffer
+        self.warmed = True
         return sigma, u.reshape(self.out_shape), v.reshape(self.in_shape)
 
     @torch.no_grad()
     def project_(self, target, iters: int = 2, one_sided: bool = False) -> torch.Tensor:
-        """Estimate, then :func:`operator_correction_` the weight towards ``target``; returns the sigma used."""
+        """Estimate, then :func:`operator_correction_` the weight towards ``target`` (a float or a 0-dim
+        device tensor); returns the sigma used. Host-free, and the block is updated in place."""
         sigma, u, v = self.estimate(iters)
         _correct(self.weight, u, v, target, self._geo, self.padding_mode, one_sided)
         return sigma
@@ -214,5 +220,5 @@ class ConvTopTriple:
             raise ValueError(f"state holds a block of shape {tuple(state['block'].shape)} for padding_mode="
                              f"{state['padding_mode']!r}; this estimator uses {tuple(self.block.shape)}, "
                              f"{self.padding_mode!r}")
-        self.block = state["block"].to(self.block.device, self.block.dtype).clone()
+        self.block.copy_(state["block"])
         self.warmed = bool(state["warmed"])
