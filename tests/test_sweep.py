@@ -11,7 +11,9 @@ from nslab.cli import main
 from nslab.grid import GridError, expand, load_grid
 from nslab.presets import PRESETS
 from nslab.records import load_run
-from nslab.sweep import Job, _worker_env, progress_line
+from nslab.sweep.local import worker_env
+from nslab.sweep.plan import Job
+from nslab.sweep.progress import progress_line
 
 TINY = {"model": "mlp", "depth": 2, "width": 16, "epochs": 2, "batch_size": 64, "train_subset": 200,
         "test_subset": 100, "device": "cpu", "spectra_every": 1, "checkpoint_every": 1}
@@ -91,16 +93,25 @@ def test_missing_grid_file_and_dry_run(tmp_path, capsys):
 def test_workers_are_pinned_to_gpus_or_share_the_cpu(monkeypatch, tiny):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     job = Job(tiny(device="auto"))
-    assert _worker_env(job, 3, 4, ["0", "1"])["CUDA_VISIBLE_DEVICES"] == "1" and job.gpu == "1"
-    env = _worker_env(Job(tiny()), 0, 2, [])
+    assert worker_env(job, 3, 4, ["0", "1"])["CUDA_VISIBLE_DEVICES"] == "1" and job.where == "GPU 1"
+    env = worker_env(Job(tiny()), 0, 2, [])
     assert "CUDA_VISIBLE_DEVICES" not in env and int(env["OMP_NUM_THREADS"]) >= 1
-    assert "OMP_NUM_THREADS" not in _worker_env(Job(tiny()), 0, 1, [])
+    assert "OMP_NUM_THREADS" not in worker_env(Job(tiny()), 0, 1, [])
 
 
-def test_progress_line(tiny, tmp_path):
+def test_progress_line_and_its_eta(tiny):
     jobs = [Job(tiny(method=m), state=s) for m, s in (("none", "completed"), ("spectral", "running"),
                                                       ("frobenius", "pending"))]
-    assert progress_line("t", jobs) == "sweep t: 1 done, 1 running (mlp2x16-spectral-s1 epoch 0/3), 0 failed, 1 pending"
+    assert progress_line("t", jobs) == ("sweep t: 1 done, 1 running (mlp2x16-spectral-s1 epoch 0/3), 0 failed, "
+                                        "1 pending, ETA unknown")  # no epoch timed yet
+    # The running run: 2 of 3 epochs at 3 s and 5 s; the pending one (3 epochs) is assumed as fast: 4 s each.
+    os.makedirs(jobs[1].run_dir)
+    pd.DataFrame({"epoch": [1, 2], "seconds": [3.0, 5.0]}).to_csv(os.path.join(jobs[1].run_dir, "epochs.csv"))
+    assert progress_line("t", jobs).endswith("(mlp2x16-spectral-s1 epoch 2/3), 0 failed, 1 pending, ETA 0m16s")
+    jobs[2].state = "running"  # two at once: half the time
+    assert progress_line("t", jobs).endswith(", 0 failed, 0 pending, ETA 0m08s")
+    jobs[2].state = "queued"
+    assert ", 1 queued, 0 failed, 0 pending, ETA 0m16s" in progress_line("t", jobs)
 
 
 # -- a real sweep through papermill ------------------------------------------------------------
@@ -149,8 +160,10 @@ def test_sweep_skips_resumes_and_isolates_a_failure(tmp_path, data_dir, monkeypa
     assert "injected crash" not in (out / "broken" / "notebook.ipynb").read_text()
     assert "ValueError" in (out / "broken" / "notebook.ipynb").read_text()
     status = json.loads((out / "sweep_status.json").read_text())
-    assert status["finished"] and status["counts"] == {"pending": 0, "running": 0, "completed": 2, "failed": 1,
-                                                       "diverged": 1}
+    assert status["finished"] and status["counts"] == {"pending": 0, "queued": 0, "running": 0, "completed": 2,
+                                                       "failed": 1, "diverged": 1, "interrupted": 0}
+    assert status["engine"] == "local" and status["eta_s"] == 0
+    assert summary.loc["broken", "message"].endswith(f"(log: {out / 'broken' / 'papermill.log'})")
 
     # Again: completed and diverged runs are skipped (their files untouched); the failing run is tried again.
     done = [out / r / f for r in ("mlp2x16-none-s1", "mlp2x16-spectral-s1", "diverges")
