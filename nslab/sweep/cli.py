@@ -13,7 +13,7 @@ import pandas as pd
 from ..grid import GridError, load_grid
 from ..locks import FolderInUse, exclusive
 from ..records import read_json, read_status
-from .options import ENGINES, ClusterOptions, SweepError
+from .options import ENGINES, ClusterOptions, SweepError, flag
 from .plan import FINAL, NOTEBOOK, plan
 from .progress import progress_line, summary
 
@@ -70,8 +70,8 @@ def _options(args, grid) -> ClusterOptions:
         raise SweepError(f"--engine={args.engine!r} is not allowed: choose one of {list(ENGINES)}")
     for name, engines in ENGINE_OPTIONS.items():
         if getattr(args, name) is not None and args.engine not in engines:
-            flag = "--slurm-extra" if name == "extra" else "--" + name.replace("_", "-")
-            raise SweepError(f"{flag} is an option of --engine {' and '.join(engines)}, not of --engine {args.engine}")
+            raise SweepError(f"{flag(name)} is an option of --engine {' and '.join(engines)}, "
+                             f"not of --engine {args.engine}")
     options = ClusterOptions()
     if args.engine == "slurm":
         options = options.updated(grid.slurm, lambda key: f"{grid.path}: slurm.{key}")
@@ -150,15 +150,17 @@ def _cmd_status(args) -> int:
                 continue
             seen = recorded.get(job.name, {})
             status = read_status(job.run_dir)
-            job.message = status.get("message", "")
+            job.wall_s = seen.get("wall_s", 0.0)
             if job.name in live:
                 job.handle, job.state = live[job.name]
                 job.where = f"SLURM job {job.handle}"
             elif watched and seen.get("state") in ("queued", "running"):
                 job.state = seen["state"]
+            elif seen.get("state") in ("failed", "interrupted"):  # as the last sweep found it
+                job.state, job.message = seen["state"], seen.get("message", "")
             elif status:  # it ran and stopped: failed, interrupted, or killed while "running"
                 job.state = status["status"] if status["status"] in ("failed", "interrupted") else "interrupted"
-            job.wall_s = seen.get("wall_s", 0.0)
+                job.message = status.get("message", "")
     except REFUSALS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

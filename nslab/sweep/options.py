@@ -44,16 +44,22 @@ class ClusterOptions:
     extra: tuple = ()
     address: str = ""
 
-    def updated(self, values: dict, label=lambda key: "--" + key.replace("_", "-")) -> "ClusterOptions":
+    def updated(self, values: dict, label=None) -> "ClusterOptions":
         """These options with ``values`` (keys: field names; None = keep) validated on top.
 
         label: how an error names an option (the command line's ``--cpus-per-run``, a grid's ``slurm.time``).
         """
+        label = label or flag
         given = {k: v for k, v in values.items() if v is not None}
         checked = {k: _CHECKS[k](v, label(k)) for k, v in given.items()}
         if "extra" in checked:  # several sources add up; a key given twice takes the later value
             checked["extra"] = tuple({**dict(self.extra), **dict(checked["extra"])}.items())
         return replace(self, **checked)
+
+
+def flag(key: str) -> str:
+    """The command-line option of a ClusterOptions field: ``cpus_per_run`` -> ``--cpus-per-run``."""
+    return "--slurm-extra" if key == "extra" else "--" + key.replace("_", "-")
 
 
 def _count(least: int):

@@ -77,7 +77,7 @@ def format_duration(seconds: float | None) -> str:
 def progress_line(sweep: str, jobs: list[Job]) -> str:
     """E.g. ``sweep quick: 1 done, 2 running (mlp3x512-none-s1 epoch 2/3, ...), 0 queued, 0 failed,
     0 pending, ETA 1m05s``."""
-    epochs = sweep_epochs([j for j in jobs if j.state in UNFINISHED])
+    epochs = sweep_epochs(jobs)  # finished runs too: their seconds per epoch stand in for runs not yet timed
     done = epochs.groupby("run")["epoch"].max() if len(epochs) else {}
     states = [j.state for j in jobs]
     running = [f"{j.name} epoch {int(done.get(j.name, 0))}/{j.config.epochs}" for j in jobs if j.state == "running"]

@@ -4,7 +4,8 @@
 one, and no address starts a local Ray instance for the sweep. Each task asks for ``num_cpus`` /
 ``num_gpus`` per run and runs :func:`~.task.execute` in a fresh worker process (``max_calls=1``),
 so a failing run (an error is returned, never raised) or a crashed worker does not touch the
-others. The run folders must be on a filesystem every node shares, and nslab importable there.
+others. The run folders must be on a filesystem every node shares, and nslab importable by the
+cluster's workers (installed on every node, or on the PYTHONPATH ``ray start`` was given).
 
 Ray's own telemetry is switched off in this process before Ray is imported (:data:`TELEMETRY_OFF`),
 whether nslab starts a cluster or joins one; a cluster started with ``ray start`` needs the same
@@ -17,8 +18,8 @@ import time
 
 from .engine import Executor, Report
 from .options import ClusterOptions, SweepError
-from .plan import Job
-from .task import RunTask, execute
+from .plan import Job, package_root
+from .task import RunTask, carried_env, execute
 
 # No usage report (and a loopback address for it, should a component send one anyway), and no silent
 # joining of whatever cluster this machine runs when no address is given.
@@ -41,12 +42,16 @@ class RayExecutor(Executor):
         except ImportError:
             raise SweepError("--engine ray needs Ray: pip install 'nslab[ray]'") from None
         self.ray, self.options = ray, options
+        if not options.address:  # the instance started here: its workers inherit this environment
+            os.environ["PYTHONPATH"] = carried_env(package_root())["PYTHONPATH"]
         try:
             ray.init(address=options.address or None, include_dashboard=False, log_to_driver=False,
                      logging_level="WARNING")
         except (ConnectionError, RuntimeError, ValueError) as err:
+            hint = ("" if os.environ.get("RAY_AUTH_MODE") else "; a cluster that authenticates with a token "
+                    "needs RAY_AUTH_MODE=token here, and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
             raise SweepError(f"--address={options.address!r}: cannot connect to a Ray cluster "
-                             f"({str(err).strip().splitlines()[0]})") from None
+                             f"({str(err).strip().splitlines()[0]}){hint}") from None
         resources = ray.cluster_resources()
         self.cpus, self.gpus = resources.get("CPU", 0), resources.get("GPU", 0)
         self.address = ray.get_runtime_context().gcs_address
@@ -70,9 +75,9 @@ class RayExecutor(Executor):
             raise SweepError(f"run {job.name} asks for {cpus} CPU(s) and {gpus} GPU(s); the Ray cluster has "
                              f"{self.cpus:g} and {self.gpus:g}: lower --cpus-per-run / --gpus-per-run")
         task.env["OMP_NUM_THREADS"] = task.env["MKL_NUM_THREADS"] = str(cpus)
-        # The worker process starts with this environment: it imports this checkout's nslab to run the task.
-        job.handle = self.remote.options(num_cpus=cpus, num_gpus=gpus, name=f"nslab-{job.name}",
-                                         runtime_env={"env_vars": task.env}).remote(task)
+        # execute() applies task.env before the kernel starts. Not a runtime_env: each distinct one costs
+        # seconds of set-up per worker, and the worker must import nslab to unpickle the task anyway.
+        job.handle = self.remote.options(num_cpus=cpus, num_gpus=gpus, name=f"nslab-{job.name}").remote(task)
         job.where, job.state = "a Ray task", "queued"
         return f"{'resuming' if job.action == 'resume' else 'submitted'} as {job.where}"
 

@@ -193,8 +193,8 @@ class SlurmExecutor(Executor):
         handle = submitit.SlurmJob(folder=self.folder, job_id=job.handle)
         log = str(handle.paths.stderr)
         if handle.paths.result_pickle.exists():
-            try:
-                return Report("ended", handle.result(), log)
+            try:  # execute()'s answer: papermill.log (the default) is the log to read
+                return Report("ended", handle.result())
             except Exception as err:  # submitit's own failure (e.g. it could not unpickle the task)
                 return Report("ended", f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}", log)
         first = job.extra.setdefault("left_queue", time.monotonic())
