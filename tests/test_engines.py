@@ -149,6 +149,8 @@ def test_slurm_engine(slurm, reference, tmp_path, data_dir):
     assert set(book) == {"long", *TINY_RUNS, "broken"}
     code, printed = finish(nslab(["status", str(out)], env))
     assert code == 0 and "no sweep is watching it" in printed and re.search(r"\d+ (running|queued)", printed), printed
+    code, printed = finish(nslab(["sweep", grid, "--out", str(out)], env))  # the local engine meanwhile: refused
+    assert code == 2 and "are queued or running as SLURM jobs: " in printed and "long (job " in printed, printed
 
     # The long run cancelled mid-way with scancel.
     long_job = str(book["long"]["job_id"])
@@ -159,13 +161,28 @@ def test_slurm_engine(slurm, reference, tmp_path, data_dir):
 
     # Again, waiting: jobs still queued or running are watched, not submitted again; the cancelled run
     # is submitted again and resumes from its checkpoint; the failing run fails alone, with its log.
-    code, printed = finish(nslab(sweep, env), 400)
-    assert code == 1, printed
+    watching = nslab(sweep, env)
+    try:
+        # Preempted meanwhile (SLURM signals the job first): submitit requeues it under the same job id and
+        # the run resumes again; the waiting sweep goes on watching.
+        resubmitted = wait_for(lambda: json.loads((out / ".slurm" / "jobs.json").read_text())["long"]["job_id"]
+                               != long_job, 60, "the long run's new job")
+        new_job = json.loads((out / ".slurm" / "jobs.json").read_text())["long"]["job_id"]
+        wait_for(lambda: epochs_done(out / "long") >= len(before) + 2, 180, "the resumed run's progress")
+        subprocess.run(["scancel", "--signal=USR2", new_job], env=env, check=True)
+        code, printed = finish(watching, 400)
+    finally:
+        if watching.poll() is None:
+            watching.kill()
+            watching.wait()
+    assert resubmitted and code == 1, printed
     _check_outcome(out, printed)
     again = json.loads((out / ".slurm" / "jobs.json").read_text())
     assert all(again[run]["job_id"] == book[run]["job_id"] for run in TINY_RUNS), (book, again)
-    assert again["long"]["job_id"] != long_job
+    assert again["long"]["job_id"] == new_job != long_job
     _check_resumed(str(out / "long"), before)
+    log = (out / "long" / "papermill.log").read_text()
+    assert log.count("resuming from the checkpoint of epoch") == 2, "the requeued job did not resume the run"
 
     # Nothing left to run: a rerun (without the failing run) submits nothing.
     code, printed = finish(nslab(["sweep", _grid(tmp_path, data_dir, broken=False, name="done.yaml"), "--out",

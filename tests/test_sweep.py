@@ -123,6 +123,15 @@ def test_the_grid_slurm_block_under_the_command_line(tmp_path):
     assert dict(options.extra) == {"account": "lab", "qos": "low", "constraint": "a100"}
 
 
+def test_slurm_time_limits_in_minutes():
+    """submitit counts a job's time in minutes (and times its requeue decisions by it)."""
+    from nslab.sweep.options import NO_LIMIT_MIN, minutes
+
+    assert [minutes(t) for t in ("90", "90:30", "2:00:00", "2:00:01", "1-0", "1-02:30", "1-02:30:00", "0:20")] == [
+        90, 91, 120, 121, 1440, 1590, 1590, 1]
+    assert minutes("UNLIMITED") == minutes("infinite") == NO_LIMIT_MIN
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--engine", "dask"], "--engine='dask' is not allowed: choose one of ['local', 'slurm', 'ray']"),
     (["--address", "auto"], "--address is an option of --engine ray, not of --engine local"),

@@ -133,6 +133,34 @@ _CHECKS = {
 GRID_KEYS = ("partition", "gpus_per_run", "cpus_per_run", "mem", "time", "extra")
 
 
+NO_LIMIT_MIN = 365 * 24 * 60  # what "UNLIMITED" becomes: submitit counts a job's time in whole minutes
+
+
+def minutes(limit: str) -> int:
+    """A SLURM time limit in whole minutes (rounded up), e.g. ``1-02:30:00`` -> 1590; UNLIMITED -> a year.
+
+    Formats (sbatch --time): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
+    """
+    text = limit.strip().upper()
+    if text in ("UNLIMITED", "INFINITE"):
+        return NO_LIMIT_MIN
+    if not _TIME.fullmatch(text):
+        raise SweepError(f"time={limit!r} is not allowed: a SLURM time limit such as 90 or 1-00:00:00")
+    days, _, clock = text.rpartition("-") if "-" in text else ("", "", text)
+    parts = [int(p) for p in clock.split(":")]
+    if days:  # D-H, D-H:M, D-H:M:S
+        parts += [0] * (3 - len(parts))
+        hours, mins, secs = parts
+        total = int(days) * 1440 + hours * 60 + mins
+    elif len(parts) == 3:  # H:M:S
+        hours, mins, secs = parts
+        total = hours * 60 + mins
+    else:  # M or M:S
+        mins, secs = (parts + [0])[:2]
+        total = mins
+    return max(1, total + (secs > 0))
+
+
 def grid_block(value: Any) -> dict:
     """A grid file's ``slurm:`` block, checked: a mapping with keys :data:`GRID_KEYS`."""
     if value is None:

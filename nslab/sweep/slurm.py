@@ -22,7 +22,7 @@ import time
 
 from ..records import write_json
 from .engine import Executor, Report
-from .options import ClusterOptions, SweepError
+from .options import ClusterOptions, SweepError, minutes
 from .plan import FINAL, Job, package_root
 from .task import RunTask, execute
 
@@ -123,6 +123,7 @@ class SlurmExecutor(Executor):
         _, gres, limit = (partitions[self.partition].split() + ["", ""])[:3]
         self.has_gpus = "gpu" in gres.lower()
         self.time = options.time or ("UNLIMITED" if limit.lower() in ("infinite", "") else limit)
+        self.minutes = minutes(self.time)  # submitit's unit; it also times its requeue decisions by it
         self.out = ""
         self.book: dict = {}
 
@@ -153,7 +154,7 @@ class SlurmExecutor(Executor):
         gpus = self._gpus(job)
         # The job imports this checkout's nslab to unpickle its task, whatever --export the site uses.
         setup = [f"export PYTHONPATH={shlex.quote(package_root())}${{PYTHONPATH:+:$PYTHONPATH}}"]
-        executor.update_parameters(job_name=f"nslab-{job.name}", partition=self.partition, time=self.time,
+        executor.update_parameters(job_name=f"nslab-{job.name}", partition=self.partition, time=self.minutes,
                                    cpus_per_task=self.options.cpus_per_run, ntasks_per_node=1, setup=setup,
                                    **({"gpus_per_node": gpus} if gpus else {}), additional_parameters=extra)
         return executor
