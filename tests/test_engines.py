@@ -107,17 +107,21 @@ def reference(network, tmp_path_factory, data_dir):
     return {run: str(folder / "sweep" / run) for run in TINY_RUNS}
 
 
-@pytest.fixture(scope="module")
-def slurm(network):
-    context = slurm_cluster()
+def _hold(context):
+    """Enter an engine's context (yielding what it yields), or skip with the reason it cannot start here."""
     try:
-        conf = context.__enter__()
+        value = context.__enter__()
     except Unavailable as err:
         pytest.skip(str(err))
     try:
-        yield conf
+        yield value
     finally:
         context.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def slurm(network):
+    yield from _hold(slurm_cluster())
 
 
 # Ray >= 2.5x authenticates with a token; the tests' own, so nothing depends on ~/.ray/auth_token.
@@ -126,15 +130,8 @@ RAY_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 @pytest.fixture(scope="module")
 def ray_address(network):
-    context = ray_head(_env(**TELEMETRY_OFF, **RAY_AUTH))
-    try:
-        address, _ = context.__enter__()
-    except Unavailable as err:
-        pytest.skip(str(err))
-    try:
+    for address, _ in _hold(ray_head(_env(**TELEMETRY_OFF, **RAY_AUTH))):
         yield address
-    finally:
-        context.__exit__(None, None, None)
 
 
 def test_slurm_engine(slurm, reference, tmp_path, data_dir):

@@ -145,6 +145,8 @@ def test_slurm_time_limits_in_minutes():
     (["--engine", "slurm", "--slurm-extra", "account"], "--slurm-extra='account' is not allowed: expected KEY=VALUE"),
     (["--engine", "slurm", "--slurm-extra", "time=5"], "--slurm-extra: time is not allowed here: nslab sets --time"),
     (["--workers", "two"], "--workers='two' is not allowed"),
+    (["--progress-every", "0"], "--progress-every='0' is not allowed: a number of seconds > 0"),
+    (["--notebook", "missing.ipynb"], "--notebook='missing.ipynb' is not allowed: no such file"),
 ])
 def test_bad_engine_options_are_refused_in_one_line(tmp_path, capsys, argv, message):
     path = _write(tmp_path, f"base: {json.dumps(TINY)}")

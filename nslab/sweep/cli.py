@@ -35,7 +35,7 @@ def add_parsers(sub) -> None:
                    "on a filesystem every node shares")
     p.add_argument("--engine", default="local", help=f"where runs go: {', '.join(ENGINES)} (default: local)")
     p.add_argument("--dry-run", action="store_true", help="validate the grid and list the runs; run nothing")
-    p.add_argument("--progress-every", type=float, default=15.0, metavar="SECONDS",
+    p.add_argument("--progress-every", default="15", metavar="SECONDS",
                    help="seconds between progress lines (default: 15)")
     p.add_argument("--notebook", default="", help=f"the notebook to execute (default: the checkout's {NOTEBOOK})")
     local = p.add_argument_group("--engine local")
@@ -100,6 +100,9 @@ def _cmd_sweep(args) -> int:
     try:
         grid = load_grid(args.grid)
         options = _options(args, grid)
+        progress_every = _seconds(args.progress_every)
+        if args.notebook and not os.path.isfile(args.notebook):
+            raise SweepError(f"--notebook={args.notebook!r} is not allowed: no such file")
         out = os.path.abspath(args.out or os.path.join("outputs", grid.name))
         if args.dry_run:
             jobs = plan(grid, out)
@@ -113,7 +116,7 @@ def _cmd_sweep(args) -> int:
 
         executor = _executor(args.engine, args, options)
         try:
-            table = run_sweep(grid, out, executor, args.notebook, args.progress_every, wait=not args.no_wait,
+            table = run_sweep(grid, out, executor, args.notebook, progress_every, wait=not args.no_wait,
                               check_foreign=None if args.engine == "slurm" else refuse_if_live)
         finally:
             executor.close()
@@ -125,6 +128,16 @@ def _cmd_sweep(args) -> int:
     if args.no_wait:
         return 1 if table.status.isin(["failed", "diverged", "interrupted"]).any() else 0
     return 0 if (table.status == "completed").all() else 1
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise SweepError(f"--progress-every={value!r} is not allowed: a number of seconds > 0")
+    return seconds
 
 
 def _print_table(table: pd.DataFrame) -> None:

@@ -69,11 +69,15 @@ class RayExecutor(Executor):
             return self.options.gpus_per_run
         return 1 if self.gpus and job.config.device != "cpu" else 0
 
+    def prepare(self, jobs: list[Job], out: str) -> None:
+        for job in jobs:
+            cpus, gpus = self.options.cpus_per_run, self._gpus(job)
+            if job.action != "skip" and (cpus > self.cpus or gpus > self.gpus):  # Ray would queue it forever
+                raise SweepError(f"run {job.name} asks for {cpus} CPU(s) and {gpus} GPU(s); the Ray cluster has "
+                                 f"{self.cpus:g} and {self.gpus:g}: lower --cpus-per-run / --gpus-per-run")
+
     def start(self, job: Job, task: RunTask) -> str:
         cpus, gpus = self.options.cpus_per_run, self._gpus(job)
-        if cpus > self.cpus or gpus > self.gpus:  # Ray would queue it forever (absent autoscaling)
-            raise SweepError(f"run {job.name} asks for {cpus} CPU(s) and {gpus} GPU(s); the Ray cluster has "
-                             f"{self.cpus:g} and {self.gpus:g}: lower --cpus-per-run / --gpus-per-run")
         task.env["OMP_NUM_THREADS"] = task.env["MKL_NUM_THREADS"] = str(cpus)
         # execute() applies task.env before the kernel starts. Not a runtime_env: each distinct one costs
         # seconds of set-up per worker, and the worker must import nslab to unpickle the task anyway.
