@@ -47,7 +47,6 @@ class Executor:
 
     name = "executor"
     poll_every = 0.2  # seconds between polls
-    can_leave = False  # runs outlive this process (SLURM): --no-wait and "stopped watching" make sense
 
     def describe(self) -> str:
         return self.name

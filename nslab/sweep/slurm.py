@@ -102,7 +102,6 @@ def _sinfo(*args: str) -> list[str]:
 class SlurmExecutor(Executor):
     name = "slurm"
     poll_every = 2.0
-    can_leave = True
 
     def __init__(self, options: ClusterOptions):
         for tool in ("sbatch", "squeue", "sinfo", "srun"):
@@ -113,16 +112,24 @@ class SlurmExecutor(Executor):
         except ImportError:
             raise SweepError("--engine slurm needs submitit: pip install 'nslab[slurm]'") from None
         self.options = options
-        partitions = {p.split()[0].rstrip("*"): p for p in _sinfo("--format=%P %G %l")}
-        default = next((name for name, line in partitions.items() if line.split()[0].endswith("*")), "")
+        # One line per partition and kind of node: name (the default marked *), generic resources, time limit.
+        lines = [(line.split() + ["", ""])[:3] for line in _sinfo("--format=%P %G %l")]
+        partitions = {name.rstrip("*") for name, _, _ in lines}
+        default = next((name.rstrip("*") for name, _, _ in lines if name.endswith("*")), "")
         self.partition = options.partition or default
         if self.partition not in partitions:
-            raise SweepError(f"--partition={options.partition!r} is not allowed: this cluster's partitions are "
-                             f"{sorted(partitions)}" if options.partition else
-                             "the cluster has no default partition: choose one with --partition")
-        _, gres, limit = (partitions[self.partition].split() + ["", ""])[:3]
-        self.has_gpus = "gpu" in gres.lower()
-        self.time = options.time or ("UNLIMITED" if limit.lower() in ("infinite", "") else limit)
+            if options.partition:
+                raise SweepError(f"--partition={options.partition!r} is not allowed: this cluster's partitions "
+                                 f"are {sorted(partitions)}")
+            raise SweepError("the cluster has no default partition: choose one with --partition")
+        mine = [(gres, limit) for name, gres, limit in lines if name.rstrip("*") == self.partition]
+        self.has_gpus = any("gpu" in gres.lower() for gres, _ in mine)
+        limit = mine[0][1]
+        try:  # the partition's limit (the longest a job may ask for) unless --time says otherwise
+            minutes(limit)
+        except SweepError:  # "infinite", "n/a"
+            limit = "UNLIMITED"
+        self.time = options.time or limit
         self.minutes = minutes(self.time)  # submitit's unit; it also times its requeue decisions by it
         self.out = ""
         self.book: dict = {}
