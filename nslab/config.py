@@ -13,10 +13,13 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from .methods import METHODS as _METHOD_CLASSES
+from .methods import TARGETS
+
 MODELS = ("mlp", "resnet18", "resnet34", "resnet50")
-METHODS = ("none", "frobenius", "spectral")
-TARGETS = ("per_layer", "first_layer")
-SCALE_RULES = ("all", "seed")
+METHODS = tuple(_METHOD_CLASSES)  # the registry of nslab.methods: a new method class shows up here
+BLOG_METHODS = ("none", "frobenius", "spectral")
+SCALE_RULES = ("all", "seed", "layers")
 DEVICES = ("auto", "cpu", "cuda")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 RANK_METHODS = ("svd", "gram")
@@ -59,10 +62,12 @@ class RunConfig:
     model: str = _f("mlp", "mlp, resnet18, resnet34, resnet50", named=True)
     depth: int = _f(5, "MLP: number of Linear layers", named=True)
     width: int = _f(2000, "MLP: hidden width", named=True)
-    scale_rule: str = _f("all", "all: every weight of 2 or more dims, or seed: skip bn, bias, downsample")
+    scale_rule: str = _f("all", "all: every weight of 2 or more dims; seed: skip bn, bias, downsample; "
+                                "layers: Linear and Conv weights only")
     # norm scaling (applied after every optimizer step)
-    method: str = _f("none", "none, frobenius, spectral", named=True)
-    targets: str = _f("per_layer", "spectral targets: per_layer, or first_layer (the seed code)")
+    method: str = _f("none", ", ".join(METHODS) + " (see nslab.methods)", named=True)
+    targets: str = _f("per_layer", "spectral targets: per_layer sqrt(d_out/d_in), first_layer (the seed code), "
+                                   "channels sqrt(c_out/c_in) for convs")
     power_iters: int = _f(2, "iterations per optimizer step (warm: block iterations, cold: the seed used 500)")
     warm_start: bool = _f(True, "keep singular vectors between steps (False: fresh random, as the seed)")
     power_tol: float = _f(0.0, "> 0: stop iterating once sigma changes by less (costs a host sync)")
@@ -72,6 +77,7 @@ class RunConfig:
     epochs: int = _f(200, "training epochs (raise it to extend a finished run)")
     batch_size: int = _f(512, "images per optimizer step")
     lr: float = _f(1e-3, "Adam learning rate")
+    weight_decay: float = _f(0.0, "> 0: AdamW's decoupled weight decay on every weight of 2 or more dims")
     milestones: tuple = _f((60, 120), "MultiStepLR epochs")
     gamma: float = _f(0.1, "learning-rate factor at each milestone")
     seed: int = _f(1, "seeds init, data order, augmentation and subsets", configuration=False, named=True)
@@ -120,6 +126,12 @@ class RunConfig:
             _positive(name, getattr(self, name))
         for name in ("lr", "gamma", "rank_rtol"):
             _positive(name, getattr(self, name))
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r} is not allowed: must be >= 0 (0: plain Adam)")
+        method = _METHOD_CLASSES[self.method]
+        if method.needs_block and not self.warm_start:
+            raise ValueError(f"method={self.method!r} is not allowed with warm_start=False: it corrects the Ritz "
+                             f"values of the warm block")
         for name in ("train_subset", "test_subset", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: must be >= 0")
@@ -137,7 +149,10 @@ class RunConfig:
             raise ValueError("bf16=True is not allowed with device='cpu': bf16 autocast is a CUDA option")
         if self.cuda_graph and self.device == "cpu":
             raise ValueError("cuda_graph=True is not allowed with device='cpu': it needs a CUDA device")
-        if self.cuda_graph and self.method == "spectral" and (not self.warm_start or self.power_tol > 0):
+        if self.cuda_graph and (method.syncs_host or method.in_forward):
+            raise ValueError(f"cuda_graph=True is not allowed with method={self.method!r}: its step "
+                             + ("lives in the forward pass" if method.in_forward else "waits for the host"))
+        if self.cuda_graph and method.uses_estimator and (not self.warm_start or self.power_tol > 0):
             raise ValueError(f"cuda_graph=True is not allowed with warm_start={self.warm_start!r}, "
                              f"power_tol={self.power_tol!r}: capture needs warm_start=True and power_tol=0")
         if self.name and (os.sep in self.name or self.name in (".", "..")):

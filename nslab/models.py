@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .config import MODELS, SCALE_RULES
+from .linalg import matrix_shape
 
 # The seed code skips every parameter whose name contains one of these.
 _SEED_SKIP = ("bn", "bias", "downsample")
@@ -64,12 +65,21 @@ def build_model(model: str, depth: int = 5, width: int = 2000, in_features: int 
 def scaled_parameters(model: nn.Module, rule: str = "all") -> list[tuple[str, nn.Parameter]]:
     """The (name, weight) pairs that get the orthogonal init and the norm scaling.
 
-    ``rule="all"``: every parameter with 2 or more dimensions.
-    ``rule="seed"``: as the seed code, which also skips names containing
+    ``rule="all"``: every parameter with 2 or more dimensions (the study's models: every Linear and
+    conv weight). In a model of your own this also takes embeddings, class tokens and position
+    embeddings (a ViT's (1, 1, d) class token, its (1, n, d) position embedding): use ``"layers"``.
+    ``rule="layers"``: the ``weight`` of every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` module, nothing
+    else (no embeddings, tokens, norms; MultiheadAttention's packed ``in_proj_weight`` is not a Linear
+    and is skipped, its ``out_proj`` is taken).
+    ``rule="seed"``: as the seed code, every parameter of 2 or more dimensions except names containing
     ``bn``, ``bias`` or ``downsample`` (so ResNet downsample convs are never scaled).
     """
     if rule not in SCALE_RULES:
         raise ValueError(f"scale_rule={rule!r} is not allowed: choose one of {list(SCALE_RULES)}")
+    if rule == "layers":
+        layer_types = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        return [(f"{name}.weight" if name else "weight", m.weight) for name, m in model.named_modules()
+                if isinstance(m, layer_types) and isinstance(m.weight, nn.Parameter)]
     chosen = []
     for name, p in model.named_parameters():
         if p.dim() < 2:
@@ -78,11 +88,6 @@ def scaled_parameters(model: nn.Module, rule: str = "all") -> list[tuple[str, nn
             continue
         chosen.append((name, p))
     return chosen
-
-
-def matrix_shape(w: torch.Tensor) -> tuple[int, int]:
-    """(d_out, d_in) of a weight viewed as a matrix: convs flatten to (out, in*kh*kw)."""
-    return w.shape[0], math.prod(w.shape[1:])
 
 
 @torch.no_grad()

@@ -69,6 +69,14 @@ def numerical_rank(sv: torch.Tensor, rtol: float) -> int:
     return int((sv > rtol * sv.max()).sum())
 
 
+def target_excess(sv: torch.Tensor, target: float, rtol: float = 1e-3) -> dict:
+    """How far a spectrum exceeds a spectral-norm target t: ``n_above_target`` counts sigma_i > t (1 + rtol),
+    ``excess`` is sum_i max(sigma_i - t, 0) / t (0 when the whole spectrum is at or below t)."""
+    sv = sv.double()
+    return {"n_above_target": int((sv > target * (1 + rtol)).sum()),
+            "excess": float((sv - target).clamp_min(0).sum() / target) if target > 0 else float("nan")}
+
+
 def layer_stats(w: torch.Tensor, rtol: float, method: str = "svd") -> tuple[dict, torch.Tensor]:
     """The per-layer row of ``layers.csv`` (without epoch/target columns) and the singular values."""
     sv = singular_values(w, method)

@@ -73,22 +73,24 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny, monkeypatch, m
     real_epoch = training.train_one_epoch
     calls = {"n": 0}
 
-    def crash_in_epoch_4(session):
+    def crash_in_epoch_4(session, **kw):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt("simulated interruption")
-        return real_epoch(session)
+        return real_epoch(session, **kw)
 
     cfg = tiny(method=method, epochs=4, checkpoint_every=2, name="resumed")
     monkeypatch.setattr(training, "train_one_epoch", crash_in_epoch_4)
     with pytest.raises(KeyboardInterrupt):
         nslab.train(cfg, log=lambda s: None)
     stopped = load_run(cfg.run_dir)
-    assert stopped.status["status"] == "failed" and list(stopped.epochs.epoch) == [1, 2, 3]
+    assert stopped.status == {"status": "interrupted", "message": "interrupted after epoch 3; run again to resume",
+                              "epoch": 3}
+    assert list(stopped.epochs.epoch) == [1, 2, 3]
     monkeypatch.setattr(training, "train_one_epoch", real_epoch)
     lines = []
     resumed = nslab.train(cfg, log=lines.append)
-    assert "resuming from the checkpoint of epoch 2" in lines[0]
+    assert "resuming from the checkpoint of epoch 2" in "\n".join(lines)
     assert resumed.status["status"] == "completed"
     for ta, tb in zip(_tables(whole.run_dir), _tables(resumed.run_dir)):
         pd.testing.assert_frame_equal(ta, tb)
@@ -100,7 +102,7 @@ def test_completed_run_is_not_trained_again(tiny):
     before = os.path.getmtime(os.path.join(cfg.run_dir, "epochs.csv"))
     lines = []
     nslab.train(cfg, log=lines.append)
-    assert "already completed" in lines[0]
+    assert lines[0].startswith("run folder: ") and "already completed" in lines[1]
     assert os.path.getmtime(os.path.join(cfg.run_dir, "epochs.csv")) == before
 
 
@@ -133,11 +135,11 @@ def test_restart_without_checkpoint_starts_afresh(tiny, monkeypatch):
     real_epoch, calls = training.train_one_epoch, {"n": 0}
 
     def crash(limit):
-        def epoch(session):
+        def epoch(session, **kw):
             calls["n"] += 1
             if calls["n"] > limit:
                 raise RuntimeError("simulated crash")
-            return real_epoch(session)
+            return real_epoch(session, **kw)
         return epoch
 
     monkeypatch.setattr(training, "train_one_epoch", crash(2))
@@ -157,7 +159,7 @@ def test_diverged_run_is_not_trained_again(tiny):
     nslab.train(cfg, log=lambda s: None)
     lines = []
     assert nslab.train(cfg, log=lines.append).status["status"] == "diverged"
-    assert "already diverged" in lines[0]
+    assert "already diverged" in lines[1]
 
 
 def test_a_run_folder_in_use_is_refused(tiny):
@@ -193,8 +195,13 @@ def test_non_finite_loss_stops_as_diverged_and_keeps_tables(tiny):
     assert sorted(run.layers.epoch.unique()) == list(range(epoch))
 
 
-def test_progress_line_reads_well(tiny):
+def test_progress_lines_read_well(tiny):
     lines = []
-    nslab.train(tiny(epochs=1), log=lines.append)
-    assert lines[0].startswith("epoch   1/1  lr 1.0e-03  train loss ")
-    assert "test loss" in lines[0] and lines[0].endswith("s")
+    run = nslab.train(tiny(epochs=2, name="lines"), log=lines.append)
+    # The run folder first (before the data loads), then what is loading, then one line per epoch.
+    assert lines[0] == f"run folder: {os.path.abspath(run.run_dir)}"
+    assert lines[1].startswith("loading CIFAR-100 from ") and "building mlp2x16 with method none on cpu" in lines[1]
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    row = run.epochs.iloc[1]
+    assert epochs[1] == (f"epoch   2/2  lr 1.0e-03  train loss {row.train_loss:.4f} acc {100 * row.train_acc:5.2f}%  "
+                         f"test loss {row.test_loss:.4f} acc {100 * row.test_acc:5.2f}%  {row.seconds:.1f}s")
