@@ -63,8 +63,10 @@ def load_checkpoint(path: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        if "Unsupported global" in text or "Unsupported class" in text or "Unsupported operand" in text:
-            detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line), "")
+        # A named global (a function or class to call) is someone else's object; an unknown opcode is a
+        # damaged file (or a pickle that is not torch's format): that one is treated as corrupt.
+        if "GLOBAL" in text or "Unsupported global" in text or "Unsupported class" in text:
+            detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
             raise ForeignCheckpoint(f"checkpoint {path} holds objects nslab never writes ({detail}); it was "
                                     f"refused and nothing in it ran: delete it, or move it out of checkpoints/ "
                                     f"to resume from an earlier one") from None

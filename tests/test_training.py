@@ -8,6 +8,7 @@ import torch
 
 import nslab
 from nslab import training
+from nslab.config import METHODS
 from nslab.records import EPOCH_COLUMNS, LAYER_COLUMNS, SPECTRA_COLUMNS, load_run
 
 
@@ -66,7 +67,7 @@ def test_deterministic_on_cpu(tiny):
         pd.testing.assert_frame_equal(ta, tb)
 
 
-@pytest.mark.parametrize("method", ["spectral", "frobenius"])
+@pytest.mark.parametrize("method", METHODS)
 def test_resume_after_interruption_equals_uninterrupted_run(tiny, monkeypatch, method):
     whole = nslab.train(tiny(method=method, epochs=4, checkpoint_every=2, name="whole"), log=lambda s: None)
 
@@ -205,3 +206,40 @@ def test_progress_lines_read_well(tiny):
     row = run.epochs.iloc[1]
     assert epochs[1] == (f"epoch   2/2  lr 1.0e-03  train loss {row.train_loss:.4f} acc {100 * row.train_acc:5.2f}%  "
                          f"test loss {row.test_loss:.4f} acc {100 * row.test_acc:5.2f}%  {row.seconds:.1f}s")
+
+
+def test_weight_decay_is_adamw_on_the_weights(tiny):
+    """nslab's optimizer with weight_decay equals torch.optim.AdamW (decay on weights of 2+ dims) to 1e-6."""
+    cfg = tiny(weight_decay=0.1, lr=0.01)
+    session = training.build_session(cfg)
+    model, ref = session.model, __import__("copy").deepcopy(session.model)
+    opt_ref = torch.optim.AdamW(ref.parameters(), lr=0.01, weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 100, (8,), generator=g)
+        for m, opt in ((model, session.optimizer), (ref, opt_ref)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        assert (a - b).abs().max() < 1e-6
+    assert isinstance(session.optimizer, torch.optim.AdamW)
+    assert isinstance(training.build_session(tiny()).optimizer, torch.optim.Adam)  # weight_decay=0: the seed's Adam
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ("none", "frobenius")])
+def test_every_spectral_method_records_targets_and_how_far_above_them(tiny, method):
+    run = nslab.train(tiny(method=method, epochs=2, name=method), log=lambda s: None)
+    assert run.config["target_norm"] == "spectral"
+    layers = run.layers
+    assert layers.n_above_target.notna().all() and layers.excess.notna().all()
+    # n_above_target and excess agree with the recorded spectra (the full singular values)
+    for (epoch, layer), rows in run.spectra.groupby(["epoch", "layer"]):
+        row = layers[(layers.epoch == epoch) & (layers.layer == layer)].iloc[0]
+        assert row.n_above_target == int((rows.sigma > row.target * (1 + 1e-3)).sum())
+        assert row.excess == pytest.approx(float((rows.sigma - row.target).clip(lower=0).sum() / row.target))
+    if method in ("spectral_clip", "orthogonal"):  # they bound the whole spectrum at every step
+        assert (layers.sigma_max <= layers.target * (1 + 2e-3)).all()
+    if method == "spectral_norm_param":  # t W / sigma_hat: off the target by exactly its estimate's error
+        ratio = layers.sigma_max / layers.target
+        assert ((ratio - 1 / (1 - layers.power_iter_rel_err)).abs() < 1e-4).all()
