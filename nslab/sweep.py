@@ -157,6 +157,7 @@ def _worker_env(job: Job, slot: int, workers: int, gpus: list[str]) -> dict:
     env = {}
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(nslab.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    env["NSLAB_PROGRESS"] = "lines"  # a tqdm widget in a papermill kernel would be saved frozen at 0 %
     if gpus and job.config.device != "cpu":
         job.gpu = gpus[slot % len(gpus)]
         env["CUDA_VISIBLE_DEVICES"] = job.gpu
