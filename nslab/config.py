@@ -15,14 +15,15 @@ from typing import Any, Mapping
 
 from .methods import METHODS as _METHOD_CLASSES
 from .methods import TARGETS
+from .models import MODELS as _MODEL_BUILDERS
+from .models import SCALE_RULES
+from .probes import RANK_METHODS
 
-MODELS = ("mlp", "resnet18", "resnet34", "resnet50")
+MODELS = tuple(_MODEL_BUILDERS)  # the registry of nslab.models: a new model shows up here
 METHODS = tuple(_METHOD_CLASSES)  # the registry of nslab.methods: a new method class shows up here
 BLOG_METHODS = ("none", "frobenius", "spectral")
-SCALE_RULES = ("all", "seed", "layers")
 DEVICES = ("auto", "cpu", "cuda")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
-RANK_METHODS = ("svd", "gram")
 # Bounds that catch typos before a process tries to allocate them (an MLP of width 65536 is 4e9 weights
 # per hidden layer already); a folder name is at most 255 bytes on Linux filesystems.
 MAX_SEED = 2**62
@@ -59,7 +60,7 @@ class RunConfig:
     name: str = _f("", "run folder name under out_dir, empty: derived from the config", resumable=True,
                    configuration=False, location=True)
     # model
-    model: str = _f("mlp", "mlp, resnet18, resnet34, resnet50", named=True)
+    model: str = _f("mlp", ", ".join(MODELS), named=True)
     depth: int = _f(5, "MLP: number of Linear layers", named=True)
     width: int = _f(2000, "MLP: hidden width", named=True)
     scale_rule: str = _f("all", "all: every weight of 2 or more dims; seed: skip bn, bias, downsample; "
@@ -90,7 +91,7 @@ class RunConfig:
     device: str = _f("auto", "auto: cuda if available, else cpu", resumable=True, configuration=False)
     bf16: bool = _f(False, "bf16 autocast (CUDA only)")
     matmul_precision: str = _f("highest", "the seed code used medium")
-    channels_last: bool = _f(False, "ResNets on CUDA: usually faster")
+    channels_last: bool = _f(False, "ResNets in channels_last memory format (usually faster on CUDA)")
     compile: bool = _f(False, "torch.compile the model's forward and backward")
     # records
     out_dir: str = _f("outputs", "run folders go to out_dir/<name>/", resumable=True, configuration=False,

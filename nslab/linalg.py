@@ -50,6 +50,21 @@ def matrix_shape(w: torch.Tensor) -> tuple[int, int]:
     return w.shape[0], math.prod(w.shape[1:])
 
 
+def as_matrix(w: torch.Tensor) -> torch.Tensor:
+    """(d_out, d_in) of any weight for reading: the in-place view where there is one, else a copy."""
+    if w.dim() < 2:
+        raise ValueError(f"a weight needs 2 or more dimensions to be a matrix, got shape {tuple(w.shape)}")
+    try:
+        return matrix_view(w)
+    except ValueError:
+        return w.reshape(w.shape[0], -1)
+
+
+def frobenius_norm(w: torch.Tensor) -> float:
+    """||W||_F accumulated in float64, on the host: for targets and probes (per step: frobenius_norms)."""
+    return float(torch.linalg.vector_norm(w.detach(), dtype=torch.float64))
+
+
 def frobenius_norms(weights: list[torch.Tensor]) -> list[torch.Tensor]:
     """||W||_F of each weight as 0-dim device tensors, accurate to ~1e-7 relative in float32.
 

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from .estimators import BlockEstimator, SeedEstimator
-from .linalg import (batched, complete_polar, deficiency, frobenius_norms, matrix_shape, matrix_view, msign,
-                     spectral_clip)
+from .linalg import (batched, complete_polar, deficiency, frobenius_norm, frobenius_norms, matrix_shape,
+                     matrix_view, msign, spectral_clip)
 
 TARGETS = ("per_layer", "first_layer", "channels")
 
@@ -137,8 +137,7 @@ class Frobenius(Method):
     name, target_norm = "frobenius", "frobenius"
 
     def initial_targets(self, weights):
-        # float64 accumulation: a float32 norm of a 512x3072 weight is off by ~2e-5 on CPU
-        return [float(torch.linalg.vector_norm(w.detach(), dtype=torch.float64)) for w in weights]
+        return [frobenius_norm(w) for w in weights]  # float64: a float32 norm of 512x3072 is off by ~2e-5
 
     def project_(self, weights):
         norms = [n.clamp_min(1e-30) for n in frobenius_norms(weights)]  # a zero weight stays zero, not NaN

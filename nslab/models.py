@@ -9,12 +9,14 @@ reshape the blog uses; it is not the conv's operator norm, see Sedghi et al.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .config import MODELS, SCALE_RULES
 from .linalg import matrix_shape
+
+SCALE_RULES = ("all", "seed", "layers")
 
 # The seed code skips every parameter whose name contains one of these.
 _SEED_SKIP = ("bn", "bias", "downsample")
@@ -43,23 +45,26 @@ def cifar_resnet(name: str, num_classes: int = 100) -> nn.Module:
     """
     import torchvision
 
-    builders = {"resnet18": torchvision.models.resnet18, "resnet34": torchvision.models.resnet34,
-                "resnet50": torchvision.models.resnet50}
-    if name not in builders:
-        raise ValueError(f"model={name!r} is not a ResNet: choose one of {sorted(builders)}")
-    net = builders[name](weights=None, num_classes=num_classes)
+    net = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
     net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     return net
 
 
+# The models a run can name: model -> builder(depth, width, in_features, num_classes). Adding a model is
+# one entry here (RunConfig's choices, run names and the views follow); nslab.config.arch_name names it.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": lambda depth, width, in_features, num_classes: mlp(depth, width, in_features, num_classes),
+    **{name: (lambda depth, width, in_features, num_classes, name=name: cifar_resnet(name, num_classes))
+       for name in ("resnet18", "resnet34", "resnet50")},
+}
+
+
 def build_model(model: str, depth: int = 5, width: int = 2000, in_features: int = 3072,
                 num_classes: int = 100) -> nn.Module:
-    if model == "mlp":
-        return mlp(depth, width, in_features, num_classes)
-    if model in MODELS:
-        return cifar_resnet(model, num_classes)
-    raise ValueError(f"model={model!r} is not allowed: choose one of {list(MODELS)}")
+    if model not in MODELS:
+        raise ValueError(f"model={model!r} is not allowed: choose one of {list(MODELS)}")
+    return MODELS[model](depth, width, in_features, num_classes)
 
 
 def scaled_parameters(model: nn.Module, rule: str = "all") -> list[tuple[str, nn.Parameter]]:

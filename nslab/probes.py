@@ -14,14 +14,9 @@ import math
 
 import torch
 
-from .config import RANK_METHODS
+from .linalg import as_matrix, frobenius_norm
 
-
-def as_matrix(w: torch.Tensor) -> torch.Tensor:
-    """(d_out, d_in) view of a weight; convs flatten to (out, in*kh*kw)."""
-    if w.dim() < 2:
-        raise ValueError(f"a probe needs a weight with 2 or more dimensions, got shape {tuple(w.shape)}")
-    return w.reshape(w.shape[0], -1)
+RANK_METHODS = ("svd", "gram")
 
 
 def singular_values(w: torch.Tensor, method: str = "svd") -> torch.Tensor:
@@ -41,10 +36,6 @@ def singular_values(w: torch.Tensor, method: str = "svd") -> torch.Tensor:
     gram = m @ m.t() if m.shape[0] <= m.shape[1] else m.t() @ m
     eig = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
     return eig.flip(0)
-
-
-def frobenius_norm(w: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(w.detach().double()))
 
 
 def stable_rank(frobenius: float, sigma_max: float) -> float:

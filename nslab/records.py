@@ -87,6 +87,14 @@ def read_status(run_dir: str) -> dict:
     return status if isinstance(status, dict) else {}
 
 
+def _known(row: dict, columns: list[str], table: str) -> None:
+    """A value under a key the table has no column for would be dropped silently by pandas: refuse it."""
+    unknown = [k for k in row if k not in columns]
+    if unknown:
+        raise ValueError(f"{table} has no column {unknown}: add it to records.py's column list "
+                         f"({columns})")
+
+
 @dataclass
 class RunRecorder:
     """Accumulates a run's tables in memory and rewrites each file atomically when it grows."""
@@ -108,10 +116,13 @@ class RunRecorder:
         write_json(self.path("status.json"), {"status": status, "message": message, "epoch": epoch})
 
     def add_epoch(self, row: dict) -> None:
+        _known(row, EPOCH_COLUMNS, "epochs.csv")
         self.epochs.append(row)
         write_table(self.path("epochs.csv"), pd.DataFrame(self.epochs, columns=EPOCH_COLUMNS))
 
     def add_layers(self, rows: list[dict], spectra: pd.DataFrame | None = None) -> None:
+        for row in rows:
+            _known(row, LAYER_COLUMNS, "layers.csv")
         self.layers.extend(rows)
         write_table(self.path("layers.csv"), pd.DataFrame(self.layers, columns=LAYER_COLUMNS))
         if spectra is not None:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import load_latest, save_checkpoint
 from .config import RunConfig, arch_name
 from .data import ARRAY_FILE, NUM_CLASSES, Split, batches, load_cifar100
@@ -120,8 +120,9 @@ def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer
 
 
 def _channels_last(config: RunConfig, device: torch.device) -> bool:
-    """channels_last helps convolutions on CUDA; an MLP would only copy its input twice."""
-    return config.channels_last and device.type == "cuda" and config.model != "mlp"
+    """channels_last is for convolutions (fastest on CUDA; it also runs on the CPU); an MLP would only
+    copy its input twice."""
+    return config.channels_last and config.model != "mlp"
 
 
 def _autocast(session: Session):

@@ -50,14 +50,43 @@ def test_spectral_run_records_targets_and_estimate_error(tiny):
     run = nslab.train(tiny(method="spectral", targets="per_layer"), log=lambda s: None)
     first = run.layers[run.layers.epoch == 0]
     assert list(first.target.round(6)) == [round((16 / 3072) ** 0.5, 6), round((100 / 16) ** 0.5, 6)]
-    assert run.layers.power_iter_rel_err.notna().all()
+    # The block (16 of 16 vectors: the whole row space) makes the estimate exact but for rounding.
+    assert (run.layers.power_iter_rel_err < 1e-4).all()
+    # sigma_max is the exact spectral norm of the weights the checkpoint holds.
+    state = torch.load(os.path.join(run.run_dir, "checkpoints", "epoch_0003.pt"), weights_only=True)["model"]
+    last = run.layers[run.layers.epoch == 3].set_index("layer")
+    for name in ("1.weight", "3.weight"):
+        exact = float(torch.linalg.matrix_norm(state[name].double(), 2))
+        assert last.sigma_max[name] == pytest.approx(exact, rel=1e-6)
     same = nslab.train(tiny(method="spectral", targets="first_layer", name="fl"), log=lambda s: None)
-    assert same.layers.target.nunique() == 1
+    assert same.layers.target.nunique() == 1 and same.layers.target.iloc[0] == pytest.approx((16 / 3072) ** 0.5)
 
 
-def test_none_run_has_no_target(tiny):
+def test_none_run_has_no_target_and_frobenius_runs_a_norm_target(tiny):
     run = nslab.train(tiny(method="none", epochs=1), log=lambda s: None)
-    assert run.layers.target.isna().all()
+    assert run.config["target_norm"] is None
+    layers = run.layers
+    assert layers.target.isna().all() and layers.n_above_target.isna().all() and layers.excess.isna().all()
+    assert layers.power_iter_rel_err.isna().all() and layers.sigma_max.gt(0).all()
+    fro = nslab.train(tiny(method="frobenius", epochs=1, name="fro"), log=lambda s: None)
+    assert fro.config["target_norm"] == "frobenius" and fro.layers.n_above_target.isna().all()
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(model="resnet34", method="frobenius", channels_last=True),
+    dict(model="resnet18", method="spectral", scale_rule="seed"),
+    dict(compile=True, method="spectral"),
+], ids=["resnet34-channels_last", "resnet18-seed-rule", "compile"])
+def test_settings_that_run_on_the_cpu_train_for_real(tiny, overrides):
+    cfg = tiny(epochs=1, train_subset=32, test_subset=16, batch_size=16, **overrides)
+    run = nslab.train(cfg, log=lambda s: None)
+    assert run.status["status"] == "completed" and len(run.epochs) == 1
+    layers = set(run.layers.layer)
+    if overrides.get("scale_rule") == "seed":  # the seed's rule: no downsample convs, no BatchNorm
+        assert layers and not any("downsample" in n or "bn" in n for n in layers)
+        assert "layer2.0.conv1.weight" in layers
+    if overrides.get("model") == "resnet34":
+        assert len(layers) == 37  # 36 convs (3 of them downsample) and the head
 
 
 def test_deterministic_on_cpu(tiny):
