@@ -258,8 +258,8 @@ def _decide(config: RunConfig, device_type: str, log: Callable[[str], None]) -> 
     old = read_json(path)
     check_settings(config.run_dir, old, config, device_type)
     status = read_status(config.run_dir).get("status", "")
-    if status in ("completed", "diverged") and config.epochs <= int(old.get("epochs", 0)):
-        # A diverged run would diverge again, identically.
+    # A diverged run would diverge again, identically, however many epochs are asked for.
+    if status == "diverged" or (status == "completed" and config.epochs <= int(old.get("epochs", 0))):
         log(f"{config.run_name}: already {status} in {config.run_dir}; not training again")
         return load_run(config.run_dir)
     return None
