@@ -1,16 +1,9 @@
-"""nslab: weight-norm scaling (Frobenius and spectral) for deep networks, reproducible and fast."""
-__version__ = "0.1.0"
-
-from .config import RunConfig  # noqa: E402
-from .records import Run, load_run  # noqa: E402
-from .scaling import NormScaler  # noqa: E402
-
-
-def train(config: "RunConfig", log=print) -> "Run":
-    """Train one configuration into its run folder (see :func:`nslab.training.train`)."""
-    from .training import train as _train
-
-    return _train(config, log)
-
+"""nslab: weight-norm scaling (Frobenius, spectral and the spectral-control family) for deep networks,
+reproducible and fast."""
+from ._version import __version__
+from .config import RunConfig
+from .records import Run, load_run
+from .scaling import NormScaler
+from .training import train
 
 __all__ = ["RunConfig", "NormScaler", "Run", "load_run", "train", "__version__"]

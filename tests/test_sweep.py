@@ -283,10 +283,10 @@ def test_sweep_skips_resumes_and_isolates_a_failure(tmp_path, data_dir, monkeypa
     spectral = load_grid(grid_path).configs[1].replace(out_dir=str(out))
     real_epoch = training.train_one_epoch
 
-    def crash_in_epoch_2(session):
+    def crash_in_epoch_2(session, **kw):
         if session.scheduler.last_epoch == 1:
             raise RuntimeError("injected crash")
-        return real_epoch(session)
+        return real_epoch(session, **kw)
 
     monkeypatch.setattr(training, "train_one_epoch", crash_in_epoch_2)
     with pytest.raises(RuntimeError, match="injected crash"):

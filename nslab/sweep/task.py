@@ -40,6 +40,7 @@ def carried_env(package_root: str) -> dict:
     """PYTHONPATH with this checkout first (a worker imports the same nslab), and every ``NSLAB_*``."""
     env = {k: v for k, v in os.environ.items() if k.startswith(CARRIED_PREFIXES)}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    env["NSLAB_PROGRESS"] = "lines"  # a tqdm widget in a papermill kernel would be saved frozen at 0 %
     return env
 
 
