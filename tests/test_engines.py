@@ -102,7 +102,7 @@ def reference(network, tmp_path_factory, data_dir):
     """The tiny grid through the local engine: the tables every other engine must reproduce."""
     folder = tmp_path_factory.mktemp("local")
     code, printed = finish(nslab(["sweep", _grid(folder, data_dir, long=False, broken=False), "--out",
-                                  str(folder / "sweep")], _env()))
+                                  str(folder / "sweep"), "--workers", "2"], _env()))  # one thread each (_env)
     assert code == 0, printed
     return {run: str(folder / "sweep" / run) for run in TINY_RUNS}
 
