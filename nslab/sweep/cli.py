@@ -72,6 +72,8 @@ def _options(args, grid) -> ClusterOptions:
         if getattr(args, name) is not None and args.engine not in engines:
             raise SweepError(f"{flag(name)} is an option of --engine {' and '.join(engines)}, "
                              f"not of --engine {args.engine}")
+    if args.workers is not None and not str(args.workers).strip().isdigit():
+        raise SweepError(f"--workers={args.workers!r} is not allowed: a whole number >= 1 (0: the default)")
     options = ClusterOptions()
     if args.engine == "slurm":
         options = options.updated(grid.slurm, lambda key: f"{grid.path}: slurm.{key}")
@@ -90,10 +92,7 @@ def _executor(engine: str, args, options: ClusterOptions):
         return RayExecutor(options)
     from .local import LocalExecutor
 
-    workers = args.workers
-    if workers is not None and not str(workers).strip().isdigit():
-        raise SweepError(f"--workers={workers!r} is not allowed: a whole number >= 1 (0: the default)")
-    return LocalExecutor(int(workers or 0))
+    return LocalExecutor(int(args.workers or 0))
 
 
 def _cmd_sweep(args) -> int:
