@@ -21,8 +21,8 @@ import plotly.graph_objects as go
 
 from . import analysis, figures, report, spectrum_figures
 from .analysis import Source, Study, has_values
-from .figure_sync import sync_figure
-from .live import FolderWatch, Poller, refresh_study
+from .figure_sync import FitWidget, ResizeNudge, sync_figure
+from .live import Debounce, FolderWatch, Poller, refresh_study
 from .paths import resolve
 from .plotting import View, set_cursor
 
@@ -54,15 +54,18 @@ class Dashboard:
                                              continuous_update=True, layout=widgets.Layout(width="360px"))
         self.heat_run = widgets.Dropdown(options=names, value=names[0], description="heat map")
         self.smoothing = widgets.FloatSlider(value=0.0, min=0.0, max=0.95, step=0.05, description="smoothing",
-                                             continuous_update=False, readout_format=".2f")
-        self.yscale = widgets.ToggleButtons(options=[("default", "default"), ("linear", "linear"), ("log", "log")],
-                                            value="default", description="y axes",
-                                            style={"button_width": "64px"})
-        self.column = widgets.Dropdown(options=figures.group_columns(study), value="test_acc", description="grouped")
-        self.band = widgets.ToggleButtons(options=[("min-max", "minmax"), ("std", "std")], value="minmax",
-                                          description="seed band", style={"button_width": "64px"})
+                                             continuous_update=False, readout_format=".2f",
+                                             layout=widgets.Layout(width="300px"))
+        narrow = {"description_width": "initial"}
+        self.yscale = widgets.Dropdown(options=[("each panel's default", "default"), ("linear", "linear"), ("log", "log")],
+                                       value="default", description="y axes", style=narrow,
+                                       layout=widgets.Layout(width="210px"))
+        self.column = widgets.Dropdown(options=figures.group_columns(study), value="test_acc", description="seed band of",
+                                       style=narrow, layout=widgets.Layout(width="230px"))
+        self.band = widgets.Dropdown(options=[("min-max", "minmax"), ("+/- 1 std", "std")], value="minmax",
+                                     layout=widgets.Layout(width="110px"))
         self.auto = widgets.Checkbox(value=bool(self.watch and refresh_seconds > 0), description="auto-refresh",
-                                     indent=False, layout=widgets.Layout(width="120px"),
+                                     indent=False, layout=widgets.Layout(width="120px", margin="0 0 0 16px"),
                                      disabled=self.watch is None or refresh_seconds <= 0)
         self.notice = widgets.HTML()
         self.table = widgets.HTML()
@@ -72,8 +75,12 @@ class Dashboard:
         self.message = widgets.HTML()
         self._syncing = False
         self.updated = ""
+        # Moving a shape makes plotly recalculate the whole figure (~0.1 s each): the time series'
+        # cursors follow once the slider pauses, the spectrum at every step.
+        self._move_cursors = Debounce(self.move_cursors, 0.3)
 
         self.figs: dict[str, go.FigureWidget] = {}
+        self.fit = ResizeNudge()  # figures as wide as the cell (nslab.figure_sync)
         self.figure_box = widgets.VBox(layout=widgets.Layout(width="100%"))
         self._rebuild_all()
 
@@ -90,11 +97,11 @@ class Dashboard:
         self.export_button.on_click(lambda _: self.export())
         self.poller = Poller(self.refresh, refresh_seconds, self._poll_failed) if refresh_seconds > 0 else None
 
-        controls = widgets.VBox([self.layer, self.epoch, self.heat_run])
-        series = widgets.VBox([self.smoothing, self.yscale, self.column, self.band])
+        wrap = widgets.Layout(flex_flow="row wrap", align_items="center")
         self.widget = widgets.VBox([
-            widgets.HBox([self.header, self.auto]),
-            widgets.HBox([self.runs, controls, series], layout=widgets.Layout(flex_flow="row wrap")),
+            widgets.HBox([self.header, self.auto], layout=widgets.Layout(align_items="center")),
+            widgets.HBox([self.runs, widgets.VBox([self.layer, self.epoch, self.heat_run])], layout=wrap),
+            widgets.HBox([self.smoothing, self.yscale, self.column, self.band], layout=wrap),
             self.notice, self.figure_box,
             widgets.HTML("<b>runs</b> (final epoch; accuracy in %; the configuration fields that differ between "
                          "the selected runs)"), self.table,
@@ -130,14 +137,11 @@ class Dashboard:
         out["groups"] = lambda: figures.group_figure(s, column, self.band.value, layer, view)
         return out
 
-    @property
-    def figures(self) -> dict[str, go.FigureWidget]:
-        return dict(self.figs)
-
     def _rebuild_all(self) -> None:
-        self.figs = {name: go.FigureWidget(build()) for name, build in self.builders().items()}
+        self.figs = {name: FitWidget(build()) for name, build in self.builders().items()}
         self._watch_legends()
-        self.figure_box.children = list(self.figs.values())
+        self.figure_box.children = [self.fit, *self.figs.values()]
+        self.fit.nudge()
 
     def redraw(self, names=None) -> None:
         """Bring the named figures (all by default) up to date with the study and the controls."""
@@ -155,7 +159,8 @@ class Dashboard:
         self._describe()
 
     def update_epoch(self) -> None:
-        """The slider's fast path: each run's spectrum and target swapped, titles and epoch cursors moved."""
+        """The slider's fast path: each run's spectrum and target swapped, the title and the heat map's
+        cursor moved; the time series' cursors follow when the slider pauses (:meth:`move_cursors`)."""
         layer, epoch, fig = self.layer.value, self.epoch.value, self.figs["spectrum"]
         self._syncing = True
         try:
@@ -170,12 +175,16 @@ class Dashboard:
                         t.x, t.y = spectrum_figures.target_xy(self.study, run, layer, epoch, lengths.get(run, 0))
                 fig.layout.title.text = spectrum_figures.spectrum_title(layer, epoch)
                 set_cursor(fig, epoch)
-            for name, other in self.figs.items():
-                if name != "spectrum":
-                    with other.batch_update():
-                        set_cursor(other, epoch)
         finally:
             self._syncing = False
+        self._move_cursors()
+
+    def move_cursors(self) -> None:
+        """The epoch cursors of the time-series figures to the slider's epoch."""
+        for name, fig in self.figs.items():
+            if name != "spectrum":
+                with fig.batch_update():
+                    set_cursor(fig, self.epoch.value)
 
     # -- linked views: a legend click in any figure (de)selects that run everywhere -------------
     def _watch_legends(self, names=None) -> None:
@@ -283,21 +292,20 @@ class Dashboard:
             self.figure_box.layout.display = "none"
         else:
             self.notice.value = ""
+            if self.figure_box.layout.display == "none":  # figures drawn while hidden have no width
+                self.fit.nudge()
             self.figure_box.layout.display = None
         self.table.value = runs_table_html(s, self.runs.value)
 
     # -- export ------------------------------------------------------------------------------
-    def tables(self) -> dict:
-        return report.report_tables(self.study)
-
     def export(self, formats=("png", "svg")) -> list[str]:
         """Write the figures as they are now (PNG, SVG, each at its own size) and the tables (CSV, LaTeX)
         into ``export_dir`` (relative: nslab.paths.resolve, the repository root from notebooks/)."""
         out = resolve(self.export_dir.value)
-        written = report.export_tables(self.tables(), out)
+        written = report.export_tables(report.report_tables(self.study), out)
         note = ""
         try:
-            written += report.export_figures(self.figures, out, formats)
+            written += report.export_figures(self.figs, out, formats)
         except RuntimeError as err:
             note = f"<br>figures not exported: {html.escape(str(err))}"
         self.message.value = f"wrote {len(written)} files to <code>{html.escape(out)}</code>{note}"
@@ -318,15 +326,8 @@ def runs_table_html(study: Study, selected) -> str:
     diff = analysis.differing_fields(configs) if len(names) > 1 else []
     for key in diff:
         s[key] = [analysis._fmt(c.get(key)) for c in configs]
-    cols = diff + [c for c in SUMMARY_SHOWN if c in s]
-    formats = {c: "{:.2f}" for c in ("train_acc", "test_acc", "clean_test_acc", "gap_acc")}
-    formats.update(test_loss="{:.4f}", mean_sigma_max_last="{:.3g}", seconds="{:.0f}")
-    table = s[cols].reset_index()
-    for c, f in formats.items():
-        if c in table:
-            table[c] = [f.format(v) if v == v else "" for v in table[c]]
-    return ("<div style='overflow-x:auto'>" + table.to_html(index=False, border=0, na_rep="", escape=True)
-            .replace("<td>", "<td style='white-space:nowrap;padding:2px 8px'>") + "</div>")
+    return report.html_table(s.reset_index(), ["run", *diff, *SUMMARY_SHOWN],
+                             cell_style="white-space:nowrap;padding:2px 8px;text-align:right")
 
 
 def list_sources(root: str = "outputs") -> list[str]:

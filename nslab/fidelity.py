@@ -21,7 +21,6 @@ BLOG_SOURCE = ("P. Hess and A. Hutchison, \"Exploring Frobenius and Spectral Nor
                "Residual Networks\", MIT deep learning blog, December 2023: final results at epoch 200 on the "
                "CIFAR-100 test set, and the spectral-norm statistics quoted for the 5x2000 MLP "
                "(as transcribed in shared/seed/NOTES.md).")
-BLOG_EPOCHS = PAPER["epochs"]
 BLOG_METHODS = ("none", "frobenius", "spectral")
 BLOG_FINAL = pd.DataFrame(
     [("mlp5x2000", "none", 25.12, 10.86), ("mlp5x2000", "frobenius", 28.23, 4.47), ("mlp5x2000", "spectral", 23.21, 3.53),
@@ -207,12 +206,16 @@ def spectral_claims(study: Study, arch: str | None = None) -> pd.DataFrame:
     return out[cols]
 
 
+def recipes(study: Study) -> dict[str, str]:
+    """Configuration group -> ``"comparable"`` or ``"differs: ..."`` (:func:`comparability`)."""
+    return {g: comparability(runs) for g, runs in _groups_of(study).items()}
+
+
 def recipe_warning(study: Study) -> str:
     """One paragraph (markdown): how many runs are comparable to the blog, and how the others differ."""
-    configs = _groups_of(study)
-    notes = {g: comparability(c) for g, c in configs.items()}
-    off = {g: n for g, n in notes.items() if n != "comparable"}
-    n_runs = sum(len(configs[g]) for g in off)
+    groups = _groups_of(study)
+    off = {g: n for g, n in recipes(study).items() if n != "comparable"}
+    n_runs = sum(len(groups[g]) for g in off)
     if not off:
         return f"All {len(study.names)} runs follow the blog's recipe: their numbers are comparable."
     lines = "\n".join(f"- `{g}`: {n[len('differs: '):]}" for g, n in off.items())

@@ -1,4 +1,12 @@
-"""Bring a live plotly FigureWidget to the state of a freshly built figure, sending only what changed.
+"""Live plotly FigureWidgets: as wide as their cell, and brought to a fresh figure's state by sending only changes.
+
+Width: plotly's anywidget front end draws a figure before its element is on the page, so a
+figure without a width comes out at plotly's default 700 px whatever the cell, and it never
+measures again. A :class:`FitWidget` turns on plotly's ``responsive`` option (the figure
+re-measures its cell on every window ``resize`` event), and a :class:`ResizeNudge` placed
+beside the figures fires that event a few times after they render, again whenever its own width
+changes (a side bar opened or closed, the window resized), and when :meth:`ResizeNudge.nudge`
+is called after figures were replaced.
 
 A dashboard rebuilds a ``go.Figure`` from the study and the controls (cheap: no rendering), then
 :func:`sync_figure` compares it with the widget, property by property, and assigns only the
@@ -9,11 +17,54 @@ unless the fresh figure fixes them.
 """
 from __future__ import annotations
 
+import anywidget
 import numpy as np
 import plotly.graph_objects as go
+import traitlets
 
 USER_STATE = frozenset({"range", "autorange"})  # set by zooming in the browser: left alone
 WIDGET_STATE = USER_STATE | {"uid"}  # a FigureWidget names its traces: a fresh figure has no uids
+
+
+class FitWidget(go.FigureWidget):
+    """A FigureWidget that re-measures its cell on window resize events (plotly's ``responsive``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._config = {**(self._config or {}), "responsive": True}
+
+
+class ResizeNudge(anywidget.AnyWidget):
+    """An invisible widget that makes responsive plotly figures fit their cell (see the module's docstring)."""
+
+    _esm = """
+    export default {
+      render({ model, el }) {
+        el.style.width = "100%";
+        el.style.height = "1px";
+        const fire = () => window.dispatchEvent(new Event("resize"));
+        let timers = [];
+        const soon = () => {  // figures render a little after their widget appears: try a few times
+          timers.forEach(clearTimeout);
+          timers = [150, 600, 1500, 4000].map((ms) => setTimeout(fire, ms));
+        };
+        let width = 0;
+        const watch = new ResizeObserver((entries) => {
+          const w = Math.round(entries[0].contentRect.width);
+          if (w && w !== width) { width = w; soon(); }
+        });
+        watch.observe(el);
+        model.on("change:pulse", soon);
+        soon();
+        return () => { watch.disconnect(); timers.forEach(clearTimeout); };
+      },
+    };
+    """
+    pulse = traitlets.Int(0).tag(sync=True)
+
+    def nudge(self) -> None:
+        """Ask the browser to fit the figures again (after figure widgets were created or replaced)."""
+        self.pulse += 1
 
 
 def same(a, b) -> bool:

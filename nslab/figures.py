@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 
 from .analysis import OPTIONAL_RANK_COLUMNS, RANK_COLUMNS, group_curves, has_values, layer_spread, smooth
 from .plotting import (PALETTE, View, base_layout, column_title, cursor_shapes, group_color, rgba, run_styles,
-                       unit_factor, y_axis)
+                       unit_factor, whole_epochs, y_axis)
 
 TARGET_NOTE = "dotted: spectral target"
 LAYER_COLUMNS_SHOWN = ("sigma_max", "frobenius", "stable_rank", "effective_rank", "numerical_rank", "n_above_target",
@@ -51,6 +51,7 @@ def _finish(fig: go.Figure, title: str, view: View, note: str = "") -> go.Figure
     base_layout(fig, title)
     if note:
         fig.update_layout(legend_title_text=note)
+    whole_epochs(fig)
     cursor_shapes(fig, view.epoch)
     return fig
 
@@ -63,8 +64,7 @@ def training_figure(study, view: View = View()) -> go.Figure:
     """
     styles = run_styles(study)
     clean = has_values(study.epochs, "clean_test_acc")
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss (test bold, train faint)", "accuracy (%)",
-                                                         "generalization gap: train - test accuracy (points)"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "accuracy (%)", "gap: train - test accuracy"))
     values: list[list] = [[], [], []]
     splits = ("train", "test") + (("clean_test",) if clean else ())
     for run in study.names:
@@ -84,16 +84,16 @@ def training_figure(study, view: View = View()) -> go.Figure:
                   name=f"{run} gap", showlegend=False)
         fig.add_trace(t, row=1, col=3)
         values[2].append(_drawn(t))
-    _axes(fig, [("loss", "linear"), ("accuracy (%)", "linear"), ("points", None)], view, values)
+    _axes(fig, [("loss", "linear"), ("accuracy (%)", "linear"), ("percentage points", None)], view, values)
     note = "dotted: clean test set" if clean else ""
-    return _finish(fig, "training curves", view, note)
+    return _finish(fig, "training curves (test bold, train faint)", view, note)
 
 
 def sigma_max_figure(study, layer: str, view: View = View()) -> go.Figure:
     """Left: sigma_max of ``layer`` over epochs per run (spectral targets dotted, in the run's colour).
     Right: the mean of sigma_max across layers with a min-max band, per run."""
     styles = run_styles(study)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"sigma_max of {layer}", "sigma_max across layers: mean, min-max"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"sigma_max of {layer}", "across layers: mean, min-max"))
     spread = layer_spread(study.layers) if len(study.layers) else None
     left, right = [], []
     for run in study.names:
@@ -118,6 +118,34 @@ def sigma_max_figure(study, layer: str, view: View = View()) -> go.Figure:
     return _finish(fig, "spectral norms over training", view, TARGET_NOTE if has_targets else "")
 
 
+def columns_figure(study, layer: str, columns: list[str], view: View, title: str, sparse=(), scales=None,
+                   titles=None, shared_y: bool = False) -> go.Figure:
+    """One panel per layers.csv column of ``layer`` over epochs, one line per run (legend from the first panel).
+
+    ``sparse``: columns recorded at some epochs only (drawn with markers, gaps joined); ``scales``:
+    column -> default y scale (linear otherwise); ``titles``: panel titles (the column names by default).
+    """
+    styles = run_styles(study)
+    fig = make_subplots(rows=1, cols=len(columns), shared_yaxes=shared_y,
+                        subplot_titles=tuple(titles or (c.replace("_", " ") for c in columns)))
+    values: list[list] = [[] for _ in columns]
+    for run in study.names:
+        rows = study.layer_rows(run, layer)
+        for col, column in enumerate(columns, start=1):
+            rows_c = rows[rows[column].notna()] if column in sparse and column in rows else rows
+            y = rows_c[column] if column in rows_c else np.full(len(rows_c), np.nan)
+            t = _line(view, run, rows_c.epoch, y, column, styles[run], column, name=run, showlegend=col == 1,
+                      mode="lines+markers" if column in sparse else "lines")
+            fig.add_trace(t, row=1, col=col)
+            values[col - 1].append(_drawn(t))
+    if shared_y:  # one y axis for all panels: ticks from all their data
+        values = [[v for vals in values for v in vals]] * len(columns)
+    panels = [("" if shared_y and col else c.replace("_", " "), (scales or {}).get(c, "linear"))
+              for col, c in enumerate(columns)]
+    _axes(fig, panels, view, values)
+    return _finish(fig, title, view)
+
+
 def rank_columns(study) -> list[str]:
     """The rank panels: stable, effective and numerical rank, and ``alpha`` where the runs recorded it."""
     return list(RANK_COLUMNS) + [c for c in OPTIONAL_RANK_COLUMNS if has_values(study.layers, c)]
@@ -128,21 +156,7 @@ def rank_figure(study, layer: str, view: View = View()) -> go.Figure:
 
     ``alpha`` is recorded at spectra epochs only: drawn with markers, gaps joined.
     """
-    columns = rank_columns(study)
-    styles = run_styles(study)
-    fig = make_subplots(rows=1, cols=len(columns), subplot_titles=tuple(c.replace("_", " ") for c in columns))
-    values: list[list] = [[] for _ in columns]
-    for run in study.names:
-        rows = study.layer_rows(run, layer)
-        for col, column in enumerate(columns, start=1):
-            sparse = column in OPTIONAL_RANK_COLUMNS
-            rows_c = rows[rows[column].notna()] if sparse else rows
-            t = _line(view, run, rows_c.epoch, rows_c[column], column, styles[run], column, name=run,
-                      showlegend=col == 1, mode="lines+markers" if sparse else "lines")
-            fig.add_trace(t, row=1, col=col)
-            values[col - 1].append(_drawn(t))
-    _axes(fig, [(c.replace("_", " "), "linear") for c in columns], view, values)
-    return _finish(fig, f"ranks of {layer}", view)
+    return columns_figure(study, layer, rank_columns(study), view, f"ranks of {layer}", sparse=OPTIONAL_RANK_COLUMNS)
 
 
 def layers_figure(study, run: str, column: str = "sigma_max", view: View = View()) -> go.Figure:
@@ -185,35 +199,15 @@ def target_figure(study, layer: str, view: View = View()) -> go.Figure:
     if not columns:
         raise ValueError("no n_above_target or excess values in these runs: their layers.csv predate the probe, "
                          "or no run has spectral targets")
-    styles = run_styles(study)
-    fig = make_subplots(rows=1, cols=len(columns), subplot_titles=tuple(f"{c.replace('_', ' ')} of {layer}" for c in columns))
-    values: list[list] = [[] for _ in columns]
-    for run in study.names:
-        rows = study.layer_rows(run, layer)
-        for col, column in enumerate(columns, start=1):
-            t = _line(view, run, rows.epoch, rows[column], column, styles[run], column, name=run, showlegend=col == 1)
-            fig.add_trace(t, row=1, col=col)
-            values[col - 1].append(_drawn(t))
-    _axes(fig, [(c.replace("_", " "), "linear") for c in columns], view, values)
-    return _finish(fig, f"singular values above the spectral target: {layer}", view)
+    return columns_figure(study, layer, columns, view, f"singular values above the spectral target: {layer}")
 
 
 def operator_figure(study, layer: str, view: View = View()) -> go.Figure:
-    """sigma_max of ``layer`` two ways, side by side: the blog's reshape (out, in*kh*kw) and the conv
-    as an operator on its feature map (``op_sigma_max``; NaN for non-conv layers and older runs)."""
-    styles = run_styles(study)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"reshape (out, in*kh*kw): sigma_max of {layer}",
-                                                         f"operator: sigma_max of {layer}"), shared_yaxes=True)
-    values: list = []
-    for run in study.names:
-        rows = study.layer_rows(run, layer)
-        for col, column in ((1, "sigma_max"), (2, "op_sigma_max")):
-            t = _line(view, run, rows.epoch, rows[column] if column in rows else np.full(len(rows), np.nan), column,
-                      styles[run], column, name=run, showlegend=col == 1)
-            fig.add_trace(t, row=1, col=col)
-            values.append(_drawn(t))
-    _axes(fig, [("sigma_max", "log"), ("", "log")], view, [values, values])
-    return _finish(fig, f"reshape vs operator spectral norm: {layer}", view)
+    """sigma_max of ``layer`` two ways, side by side on one y axis: the blog's reshape (out, in*kh*kw)
+    and the conv as an operator on its feature map (``op_sigma_max``; NaN for non-conv layers and older runs)."""
+    return columns_figure(study, layer, ["sigma_max", "op_sigma_max"], view,
+                          f"reshape vs operator spectral norm: {layer}", scales={"sigma_max": "log", "op_sigma_max": "log"},
+                          titles=("reshape (out, in*kh*kw)", "operator on the feature map"), shared_y=True)
 
 
 def group_columns(study) -> list[str]:

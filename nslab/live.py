@@ -7,7 +7,8 @@ every poll. Only changed runs are read again (:func:`refresh_study`); the others
 tables and their spectra index entries.
 
 :class:`Poller` calls a function every few seconds as an asyncio task on the running event loop
-(a Jupyter kernel's), so widget updates happen on the kernel's own thread, between cells.
+(a Jupyter kernel's), so widget updates happen on the kernel's own thread, between cells;
+:class:`Debounce` runs an action once a burst of calls has stopped (the epoch slider's cursors).
 """
 from __future__ import annotations
 
@@ -72,6 +73,35 @@ def refresh_study(study: Study, watch: FolderWatch) -> tuple[Study, list[str]]:
     return build_study(runs, previous=study), changed
 
 
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running this code (a Jupyter kernel's), or None (a plain script, a test)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:  # a Jupyter kernel between cells: its loop runs but is not "running" in this frame
+        loop = asyncio.get_event_loop()
+    except RuntimeError:
+        return None
+    return loop if loop.is_running() else None
+
+
+class Debounce:
+    """Run ``action`` once, ``seconds`` after the last :meth:`__call__` (at once where no loop runs)."""
+
+    def __init__(self, action: Callable[[], None], seconds: float):
+        self.action, self.seconds, self.handle = action, seconds, None
+
+    def __call__(self) -> None:
+        loop = running_loop()
+        if loop is None:
+            self.action()
+            return
+        if self.handle is not None:
+            self.handle.cancel()
+        self.handle = loop.call_later(self.seconds, self.action)
+
+
 class Poller:
     """Call ``tick()`` every ``seconds`` on the running asyncio loop until :meth:`stop`.
 
@@ -92,15 +122,9 @@ class Poller:
     def start(self) -> None:
         if self.running:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            try:  # a Jupyter kernel between cells: its loop runs but is not "running" in this frame
-                loop = asyncio.get_event_loop()
-            except RuntimeError as err:
-                raise RuntimeError("live refresh needs an event loop (a Jupyter kernel); call refresh() yourself") from err
-            if not loop.is_running():
-                raise RuntimeError("live refresh needs a running event loop (a Jupyter kernel); call refresh() yourself")
+        loop = running_loop()
+        if loop is None:
+            raise RuntimeError("live refresh needs a running event loop (a Jupyter kernel); call refresh() yourself")
         self.task = loop.create_task(self._loop())
 
     def stop(self) -> None:

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22")
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
-PANEL_WIDTH, LEGEND_WIDTH, HEIGHT = 420, 260, 400  # export size of a figure: panels side by side plus a legend
+PANEL_WIDTH, LEGEND_WIDTH, HEIGHT = 420, 60, 460  # export size of a figure: panels side by side plus margins
 YSCALES = ("default", "linear", "log")
 CURSOR = "epoch cursor"
 
@@ -142,10 +142,16 @@ def padded_log_range(values, pad: float = 0.05, min_span: float = 0.3) -> list[f
 
 # --- layout -----------------------------------------------------------------------------------
 def base_layout(fig: go.Figure, title: str, height: int = HEIGHT, unified: bool = True) -> go.Figure:
-    """Responsive (no width), a full-name hover across runs at one x, the legend beside the panels."""
-    fig.update_layout(title=title, height=height, autosize=True, margin=dict(l=60, r=20, t=70, b=50),
-                      hovermode="x unified" if unified else "closest", hoverlabel=dict(namelength=-1),
-                      legend=dict(font=dict(size=11)))
+    """Responsive (no width), a full-name hover across runs at one x, the legend under the panels.
+
+    The legend goes below so that the panels keep the cell's width: at 1280 px with JupyterLab's
+    side bar open a cell is about 850 px, too narrow for three panels and a legend beside them.
+    """
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left", xref="paper"), height=height, autosize=True,
+                      margin=dict(l=60, r=20, t=80, b=40), hovermode="x unified" if unified else "closest",
+                      hoverlabel=dict(namelength=-1),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top", font=dict(size=11)))
+    fig.update_annotations(font_size=13)  # subplot titles
     return fig
 
 
@@ -162,14 +168,25 @@ def figure_size(fig: go.Figure) -> tuple[int, int]:
     return int(width), int(fig.layout.height or HEIGHT)
 
 
+def epoch_axes(fig: go.Figure) -> list[str]:
+    """Layout keys of the x axes titled "epoch"."""
+    layout = fig.layout.to_plotly_json()
+    return sorted(k for k in layout if k.startswith("xaxis") and (layout[k].get("title") or {}).get("text") == "epoch")
+
+
+def whole_epochs(fig: go.Figure) -> None:
+    """Epoch axes tick at whole epochs where the runs are short (plotly would also mark 1.5, 2.5)."""
+    xs = [np.asarray(t.x, dtype=float) for t in fig.data if t.type == "scatter" and t.x is not None and len(t.x)]
+    span = max((x.max() for x in xs), default=0) - min((x.min() for x in xs), default=0)
+    for key in epoch_axes(fig):
+        fig.layout[key].dtick = 1 if span <= 12 else None
+
+
 def cursor_shapes(fig: go.Figure, epoch: int | None) -> None:
     """A thin vertical line at ``epoch`` in every panel whose x axis is epochs (shapes named ``CURSOR``)."""
     if epoch is None:
         return
-    layout = fig.layout.to_plotly_json()
-    for key in sorted(k for k in layout if k.startswith("xaxis")):
-        if (layout[key].get("title") or {}).get("text") != "epoch":
-            continue
+    for key in epoch_axes(fig):
         suffix = key[len("xaxis"):]
         fig.add_shape(type="line", x0=epoch, x1=epoch, xref=f"x{suffix}", y0=0, y1=1, yref=f"y{suffix} domain",
                       line=dict(color="rgba(60,60,60,0.45)", width=1, dash="dot"), layer="below", name=CURSOR)

@@ -198,10 +198,12 @@ def styled(df: pd.DataFrame):
     return df.style.format({c: (lambda v, c=c: number_text(c, v)) for c in df.columns}).hide(axis="index")
 
 
-def _table(df: pd.DataFrame, name: str, notes: list[str] | None = None) -> str:
-    """A compact table: chosen columns, short headers, numbers formatted; long ``recipe`` texts become
-    numbered notes under the table (``notes`` collects them) so rows stay one line high."""
-    cols = [c for c in _PAGE_COLUMNS.get(name, list(df.columns)) if c in df]
+def html_table(df: pd.DataFrame, columns: list[str] | None = None, notes: list[str] | None = None,
+               cell_style: str = "") -> str:
+    """A compact HTML table: ``columns`` (all by default), short headers, numbers by :func:`number_text`;
+    long ``recipe`` texts become numbered notes (``notes`` collects them) so that rows stay one line high."""
+    cols = [c for c in (columns or list(df.columns)) if c in df]
+    td = f"<td style='{cell_style}'" if cell_style else "<td"
     head = "".join(f"<th title='{html.escape(c)}'>{html.escape(_HEADERS.get(c, c))}</th>" for c in cols)
     rows = []
     for _, r in df.iterrows():
@@ -210,11 +212,15 @@ def _table(df: pd.DataFrame, name: str, notes: list[str] | None = None) -> str:
             v = r[c]
             if c == "recipe" and notes is not None and isinstance(v, str) and v.startswith("differs: "):
                 k = notes.index(v) + 1 if v in notes else (notes.append(v) or len(notes))
-                cells.append(f"<td class='note' title='{html.escape(v)}'>differs, see {k}</td>")
+                cells.append(f"{td} class='note' title='{html.escape(v)}'>differs, see {k}</td>")
             else:
-                cells.append(f"<td>{html.escape(number_text(c, v))}</td>")
+                cells.append(f"{td}>{html.escape(number_text(c, v))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<div class='wrap'><table><tr>{head}</tr>{''.join(rows)}</table></div>"
+    return f"<div class='wrap' style='overflow-x:auto'><table><tr>{head}</tr>{''.join(rows)}</table></div>"
+
+
+def _table(df: pd.DataFrame, name: str, notes: list[str] | None = None) -> str:
+    return html_table(df, _PAGE_COLUMNS.get(name), notes)
 
 
 def _notes(notes: list[str]) -> str:
@@ -224,11 +230,22 @@ def _notes(notes: list[str]) -> str:
     return f"<p class='small'>How these runs differ from the blog's recipe (the seed code's):</p><ol class='recipe'>{items}</ol>"
 
 
+def _warnings_html(study: Study) -> str:
+    """How many runs differ from the blog's recipe (the differences are the numbered notes at the end),
+    and the first-layer target warnings."""
+    off = [g for g, n in fidelity.recipes(study).items() if n != "comparable"]
+    n_runs = sum(1 for r in study.names if study.groups[r] in off)
+    out = ""
+    if off:
+        out += (f"<p class='note'>{n_runs} of {len(study.names)} runs differ from the blog's recipe (the seed code's): "
+                f"their numbers are not a reproduction of the blog's; the differences are listed under the blog's "
+                f"tables below.</p>")
+    return out + "".join(f"<p class='note'>{html.escape(w)}</p>" for w in fidelity.first_layer_target_warnings(study))
+
+
 def report_html(study: Study, title: str, max_points: int = 400) -> str:
     tables = report_tables(study)
-    warnings = [fidelity.recipe_warning(study)] + fidelity.first_layer_target_warnings(study)
-    head = "".join(f"<p class='note'>{html.escape(w).replace('**', '')}</p>" for w in warnings
-                   if not w.startswith("All "))
+    head = _warnings_html(study)
     figs = report_figures(study, max_points)
     frags = figures_html([f for _, f in figs])
     notes: list[str] = []

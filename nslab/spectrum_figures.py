@@ -52,7 +52,7 @@ def spectrum_figure(study, layer: str, epoch: int, view: View = View(), heatmap_
     """
     styles = run_styles(study)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.1,
-                        subplot_titles=("", f"{heatmap_run}: log10 sigma_i over epochs")) if heatmap_run else go.Figure()
+                        subplot_titles=("", f"{heatmap_run} over epochs")) if heatmap_run else go.Figure()
     spot = dict(row=1, col=1) if heatmap_run else {}
     for run in study.names:
         x, y = spectrum_xy(study, run, layer, epoch, max_points)
@@ -64,16 +64,14 @@ def spectrum_figure(study, layer: str, epoch: int, view: View = View(), heatmap_
                                  showlegend=False, line=dict(color=styles[run]["color"], dash="dot", width=1),
                                  meta={"run": run, "role": "target"}), **spot)
     y_range = spectrum_range(study, [(r, layer) for r in study.names])
-    base_layout(fig, spectrum_title(layer, epoch), height=420, unified=False)
+    base_layout(fig, spectrum_title(layer, epoch), height=480, unified=False)
     fig.update_xaxes(title_text="index i", **spot)
     fig.update_yaxes(title_text="sigma_i", range=y_range, autorange=y_range is None,
                      **{**log_axis(10 ** np.asarray(y_range or [0, 0])), **spot})
     if any(np.isfinite(study.target(r, layer)) for r in study.names):
         fig.update_layout(legend_title_text="dotted: spectral target")
-    if heatmap_run:  # the colour bar takes the right edge: the legend goes under the panels
+    if heatmap_run:
         add_heatmap(fig, study, heatmap_run, layer, epoch, row=1, col=2)
-        fig.update_layout(height=480, legend=dict(orientation="h", x=0, y=-0.18, yanchor="top"),
-                          margin=dict(b=110))
     return fig
 
 
@@ -149,7 +147,9 @@ def spectrum_slider_figure(study, pairs: list[tuple[str, str]], title: str, max_
                          args=[None, dict(frame=dict(duration=400, redraw=True), transition=dict(duration=0),
                                           fromcurrent=True, mode="immediate")]),
                     dict(label="pause", method="animate", args=[[None], animate])])
-    base_layout(fig, f"{title} at epoch {epochs[0]}" if epochs else title, height=470, unified=False)
+    base_layout(fig, f"{title} at epoch {epochs[0]}" if epochs else title, height=500, unified=False)
+    # the slider and its buttons take the space under the panel: the legend goes beside it
+    fig.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
     fig.update_layout(xaxis_title="index i", yaxis_title="sigma_i", yaxis_type="log", updatemenus=[play] if epochs else [],
                       sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="epoch "), pad=dict(t=40),
                                     x=0.08, len=0.92)] if epochs else [])

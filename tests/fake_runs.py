@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from nslab.presets import preset
-from nslab.records import EPOCH_COLUMNS, LAYER_COLUMNS, write_json, write_table
+from nslab.records import EPOCH_COLUMNS, LAYER_COLUMNS, read_json, write_json, write_table
 
 # The blog's recipe as the seed code ran it: a run written with no overrides is comparable to the blog.
 PAPER_CONFIG = {**preset("mlp5x2000-none").to_dict(), "name": ""}
@@ -71,3 +71,17 @@ def fake_sweep(root: str, n_runs: int = 12, epochs: int = 200, spectra_every: in
                 for k in sorted(set(range(0, epochs + 1, spectra_every)) | {epochs}) for j, n in enumerate(sizes)]
         write_table(os.path.join(d, "spectra.parquet"), pd.concat(spec, ignore_index=True))
     return root
+
+
+def append_epoch(run_dir: str, status: str = "running", test_acc: float = 0.5) -> int:
+    """One more epoch in a run folder, as a running training writes it (files replaced atomically).
+
+    The new epoch repeats the last one's rows with ``test_acc`` and sigma_max 7.0; returns its number."""
+    e = pd.read_csv(os.path.join(run_dir, "epochs.csv"))
+    new = e.tail(1).assign(epoch=int(e.epoch.max()) + 1, test_acc=test_acc)
+    write_table(os.path.join(run_dir, "epochs.csv"), pd.concat([e, new], ignore_index=True))
+    layers = pd.read_csv(os.path.join(run_dir, "layers.csv"))
+    last = layers[layers.epoch == layers.epoch.max()].assign(epoch=int(new.epoch.iloc[0]), sigma_max=7.0)
+    write_table(os.path.join(run_dir, "layers.csv"), pd.concat([layers, last], ignore_index=True))
+    write_json(os.path.join(run_dir, "status.json"), {**read_json(os.path.join(run_dir, "status.json")), "status": status})
+    return int(new.epoch.iloc[0])

@@ -7,17 +7,15 @@ import shutil
 import time
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from fake_runs import fake_sweep
+from fake_runs import append_epoch, fake_sweep
 from nslab import analysis, spectrum_figures, train
 from nslab.config import RunConfig
 from nslab.dashboard import Dashboard, DashboardApp, list_sources
 from nslab.live import FolderWatch, Poller, refresh_study
 from nslab.paths import REPO_ROOT
-from nslab.records import read_json, write_json, write_table
 
 NOTEBOOK = os.path.join(REPO_ROOT, "notebooks", "02_dashboard.ipynb")
 
@@ -40,18 +38,6 @@ def live(sweep, tmp_path) -> str:
 
 def _ys(fig, role="spectrum"):
     return {t.meta["run"]: np.asarray(t.y).tolist() for t in fig.data if t.meta.get("role") == role}
-
-
-def _add_epoch(run_dir: str, status: str = "running") -> int:
-    """Append an epoch to a run folder as training does (one more row, files replaced atomically)."""
-    e = pd.read_csv(os.path.join(run_dir, "epochs.csv"))
-    new = e.tail(1).assign(epoch=int(e.epoch.max()) + 1, test_acc=0.5)
-    write_table(os.path.join(run_dir, "epochs.csv"), pd.concat([e, new], ignore_index=True))
-    layers = pd.read_csv(os.path.join(run_dir, "layers.csv"))
-    last = layers[layers.epoch == layers.epoch.max()].assign(epoch=int(new.epoch.iloc[0]), sigma_max=7.0)
-    write_table(os.path.join(run_dir, "layers.csv"), pd.concat([layers, last], ignore_index=True))
-    write_json(os.path.join(run_dir, "status.json"), {**read_json(os.path.join(run_dir, "status.json")), "status": status})
-    return int(new.epoch.iloc[0])
 
 
 def test_epoch_slider_changes_spectrum_title_and_cursors(sweep):
@@ -127,10 +113,10 @@ def test_legend_click_filters_every_figure_and_no_selection_says_so(sweep):
 def test_runs_table_shows_the_fields_that_differ(sweep):
     dash = Dashboard(analysis.load_study(sweep))
     table = dash.table.value
-    assert "<th>method</th>" in table and "<th>seed</th>" in table and "<th>lr</th>" not in table
-    assert "<th>test_acc</th>" in table and "10.00" not in table.split("epochs_done")[0]
+    assert "method</th>" in table and "seed</th>" in table and "lr</th>" not in table
+    assert "test_acc</th>" in table and ">3</td>" in table and ">3.00<" not in table  # epochs as integers
     dash.runs.value = ("mlp2x16-spectral-s1", "mlp2x16-spectral-s2")
-    assert "<th>method</th>" not in dash.table.value and "<th>seed</th>" in dash.table.value
+    assert "method</th>" not in dash.table.value and "seed</th>" in dash.table.value
 
 
 def test_live_refresh_picks_up_new_epochs_and_new_runs(live):
@@ -138,14 +124,14 @@ def test_live_refresh_picks_up_new_epochs_and_new_runs(live):
     study = analysis.load_study(live)
     assert refresh_study(study, watch) == (study, [])  # nothing changed: the same object
     run_dir = os.path.join(live, "mlp2x16-none-s1")
-    _add_epoch(run_dir)
+    append_epoch(run_dir)
     new, changed = refresh_study(study, watch)
     assert changed == [run_dir] and new.epoch_rows("mlp2x16-none-s1").epoch.max() == 4
     assert new.runs["mlp2x16-spectral-s1"] is study.runs["mlp2x16-spectral-s1"]  # unchanged runs are not read again
 
     dash = Dashboard(analysis.load_study(live), source=live, refresh_seconds=0)
     assert dash.refresh() == []
-    _add_epoch(run_dir)
+    append_epoch(run_dir)
     assert dash.refresh() == [run_dir]
     acc = [t for t in dash.figs["training"].data if t.meta == {"run": "mlp2x16-none-s1", "role": "test_acc"}][0]
     assert list(acc.x)[-1] == 5 and acc.y[-1] == pytest.approx(50.0)
@@ -190,7 +176,7 @@ def test_export_writes_tables_and_figures_at_their_sizes(sweep, tmp_path, monkey
     dash = Dashboard(analysis.load_study(sweep), export_dir=str(tmp_path / "exp"))
     dash.export_button.click()
     assert {"runs.csv", "runs.tex", "blog_final.csv", "blog_spectral.tex"} <= set(os.listdir(tmp_path / "exp"))
-    assert seen["training.png"] == (3 * 420 + 260, 400) and seen["sigma_max.svg"] == (2 * 420 + 260, 400)
+    assert seen["training.png"] == (3 * 420 + 60, 460) and seen["sigma_max.svg"] == (2 * 420 + 60, 460)
     monkeypatch.setattr(report, "export_figures", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no kaleido here")))
     dash.export_button.click()
     assert "figures not exported: no kaleido here" in dash.message.value
@@ -245,7 +231,7 @@ def test_notebook_callbacks_and_auto_refresh_in_a_kernel(live):
         after = tb.value("[list(t.y) for t in dash.figs['spectrum'].data if t.meta['role'] == 'spectrum']")
         assert len(after) == 3 and all(a != b for a, b in zip(after, before))
         assert tb.value("dash.auto.value and dash.poller.running")
-        epoch = _add_epoch(os.path.join(live, "mlp2x16-none-s1"))
+        epoch = append_epoch(os.path.join(live, "mlp2x16-none-s1"))
         for _ in range(40):  # the kernel is idle between these calls: its event loop runs the poller
             time.sleep(0.25)
             xs = tb.value("[[int(v) for v in t.x] for t in dash.figs['training'].data if t.meta['role'] == 'test_acc']")

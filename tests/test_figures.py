@@ -153,7 +153,7 @@ def test_heatmap_is_log10_of_the_spectra(study):
     epochs, sigma = study.spectra.matrix("spec-s1", "0.weight")
     assert list(heat.x) == epochs == [0, 2]
     assert np.asarray(heat.z) == pytest.approx(np.log10(sigma))
-    assert n_panels(fig) == 2 and figure_size(fig) == (2 * 420 + 260, 480)
+    assert n_panels(fig) == 2 and figure_size(fig) == (2 * 420 + 60, 480)
 
 
 def test_slider_figure_draws_targets_and_plays(study):
@@ -165,7 +165,7 @@ def test_slider_figure_draws_targets_and_plays(study):
 
 
 def test_sizes_follow_panel_counts(study):
-    assert figure_size(figures.training_figure(study)) == (3 * 420 + 260, 400)
+    assert figure_size(figures.training_figure(study)) == (3 * 420 + 60, 460)
     assert figure_size(go.Figure(layout=dict(width=500, height=300))) == (500, 300)
 
 

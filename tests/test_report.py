@@ -51,7 +51,7 @@ def test_sweep_report_is_self_contained(sweep):
     n_figs = len(report.report_figures(analysis.load_study(sweep)))
     assert text.count("Plotly.newPlot") == n_figs
     assert not re.search(r"<script[^>]+src=", text)  # nothing fetched: no CDN, no MathJax
-    assert "3 of 3 runs differ from the blog&#x27;s recipe" in text
+    assert "3 of 3 runs differ from the blog's recipe" in text
     assert "<li>architecture mlp2x16 (the blog ran mlp5x2000, mlp7x4000, resnet34, resnet50); 3 epochs vs 200" in text
     assert "differs, see 1" in text  # long recipe texts are numbered notes: table rows stay one line high
     assert "Hess" in text and "mlp2x16-frobenius-s1" in text
