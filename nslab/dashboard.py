@@ -327,7 +327,7 @@ def runs_table_html(study: Study, selected) -> str:
     for key in diff:
         s[key] = [analysis._fmt(c.get(key)) for c in configs]
     return report.html_table(s.reset_index(), ["run", *diff, *SUMMARY_SHOWN],
-                             cell_style="white-space:nowrap;padding:2px 8px;text-align:right")
+                             cell_style="white-space:nowrap;padding:1px 6px;text-align:right", font_size="12px")
 
 
 def list_sources(root: str = "outputs") -> list[str]:

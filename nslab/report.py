@@ -199,12 +199,12 @@ def styled(df: pd.DataFrame):
 
 
 def html_table(df: pd.DataFrame, columns: list[str] | None = None, notes: list[str] | None = None,
-               cell_style: str = "") -> str:
+               cell_style: str = "", font_size: str = "") -> str:
     """A compact HTML table: ``columns`` (all by default), short headers, numbers by :func:`number_text`;
     long ``recipe`` texts become numbered notes (``notes`` collects them) so that rows stay one line high."""
     cols = [c for c in (columns or list(df.columns)) if c in df]
-    td = f"<td style='{cell_style}'" if cell_style else "<td"
-    head = "".join(f"<th title='{html.escape(c)}'>{html.escape(_HEADERS.get(c, c))}</th>" for c in cols)
+    td, th = (f"<td style='{cell_style}'", f"<th style='{cell_style}'") if cell_style else ("<td", "<th")
+    head = "".join(f"{th} title='{html.escape(c)}'>{html.escape(_HEADERS.get(c, c))}</th>" for c in cols)
     rows = []
     for _, r in df.iterrows():
         cells = []
@@ -216,7 +216,8 @@ def html_table(df: pd.DataFrame, columns: list[str] | None = None, notes: list[s
             else:
                 cells.append(f"{td}>{html.escape(number_text(c, v))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<div class='wrap' style='overflow-x:auto'><table><tr>{head}</tr>{''.join(rows)}</table></div>"
+    size = f";font-size:{font_size}" if font_size else ""
+    return f"<div class='wrap' style='overflow-x:auto{size}'><table><tr>{head}</tr>{''.join(rows)}</table></div>"
 
 
 def _table(df: pd.DataFrame, name: str, notes: list[str] | None = None) -> str:

@@ -122,3 +122,13 @@ def test_notebook_03_from_the_root_and_from_notebooks(sweep, tmp_path, cwd):
     assert "differ from the blog" in "".join(o.get("data", {}).get("text/markdown", "")
                                              for c in cells if c.cell_type == "code" for o in c.outputs)
     assert ">3<" in html and ">3.00<" not in html and ">10.00<" not in html  # epochs as integers
+
+
+@pytest.mark.parametrize("name", ["02_dashboard.ipynb", "03_report.ipynb"])
+def test_refusals_show_as_one_line_from_the_first_code_cell(name):
+    """nslab.notebook.setup() (tested with notebook 01) runs before anything that can refuse a path."""
+    import nbformat
+
+    cells = [c for c in nbformat.read(os.path.join(REPO_ROOT, "notebooks", name), as_version=4).cells
+             if c.cell_type == "code"]
+    assert "nslab.notebook.setup()" in cells[0].source and "parameters" in cells[1].metadata.get("tags", [])
