@@ -193,11 +193,6 @@ def number_text(column: str, value) -> str:
     return f"{value:.0f}" if column == "seconds" else f"{value:.4g}"
 
 
-def styled(df: pd.DataFrame):
-    """``df`` for a notebook: :func:`number_text` per column, no index."""
-    return df.style.format({c: (lambda v, c=c: number_text(c, v)) for c in df.columns}).hide(axis="index")
-
-
 def html_table(df: pd.DataFrame, columns: list[str] | None = None, notes: list[str] | None = None,
                cell_style: str = "", font_size: str = "") -> str:
     """A compact HTML table: ``columns`` (all by default), short headers, numbers by :func:`number_text`;
@@ -220,11 +215,15 @@ def html_table(df: pd.DataFrame, columns: list[str] | None = None, notes: list[s
     return f"<div class='wrap' style='overflow-x:auto{size}'><table><tr>{head}</tr>{''.join(rows)}</table></div>"
 
 
-def _table(df: pd.DataFrame, name: str, notes: list[str] | None = None) -> str:
-    return html_table(df, _PAGE_COLUMNS.get(name), notes)
+def page_table(df: pd.DataFrame, name: str, notes: list[str] | None = None) -> str:
+    """One of :func:`report_tables`' tables (``name``: runs, blog_final, blog_spectral) as the report shows it:
+    its chosen columns, one line per row (also in a notebook, without the report's style sheet)."""
+    return html_table(df, _PAGE_COLUMNS.get(name), notes, cell_style="white-space:nowrap;padding:1px 6px",
+                      font_size="12px")
 
 
-def _notes(notes: list[str]) -> str:
+def notes_html(notes: list[str]) -> str:
+    """The numbered recipe differences that :func:`page_table` refers to."""
     if not notes:
         return ""
     items = "".join(f"<li>{html.escape(n[len('differs: '):])}</li>" for n in notes)
@@ -250,13 +249,13 @@ def report_html(study: Study, title: str, max_points: int = 400) -> str:
     figs = report_figures(study, max_points)
     frags = figures_html([f for _, f in figs])
     notes: list[str] = []
-    blocks = [("runs", head + _table(tables["runs"], "runs"))]
+    blocks = [("runs", head + page_table(tables["runs"], "runs"))]
     blocks += [(h, frag) for (h, _), frag in zip(figs, frags)]
-    final = _table(tables["blog_final"], "blog_final", notes)
-    spectral = _table(tables["blog_spectral"], "blog_spectral", notes)
+    final = page_table(tables["blog_final"], "blog_final", notes)
+    spectral = page_table(tables["blog_spectral"], "blog_spectral", notes)
     blocks += [("the blog's final numbers beside these runs (accuracy in %, d = here minus blog)",
                 final + f"<p class='small'>Source: {html.escape(fidelity.BLOG_SOURCE)}</p>"),
-               ("the blog's spectral claims beside these runs", spectral + _notes(notes))]
+               ("the blog's spectral claims beside these runs", spectral + notes_html(notes))]
     first = next(iter(study.runs.values()))
     subtitle = (f"written {datetime.datetime.now():%Y-%m-%d %H:%M} by nslab; {len(study.names)} runs; "
                 f"git revision {html.escape(str(first.config.get('git_revision')))}; spectra thinned to at most "
