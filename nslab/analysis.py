@@ -186,7 +186,12 @@ class Study:
         return str(self.runs[run].status.get("status", "unknown"))
 
     def target_norm(self, run: str) -> str | None:
-        return target_norm(self.runs[run].config)
+        """:func:`target_norm` of the run's config; where config.json does not say, a layers.csv with
+        ``n_above_target`` values has spectral targets (the probe is measured against those only)."""
+        run_ = self.runs[run]
+        if "target_norm" not in run_.config and has_values(run_.layers, "n_above_target"):
+            return "spectral"
+        return target_norm(run_.config)
 
     def target(self, run: str, layer: str, epoch: int | None = None) -> float:
         """The layer's spectral-norm target (NaN where the run's targets are not spectral norms)."""

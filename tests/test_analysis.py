@@ -262,6 +262,17 @@ def test_target_norm_from_config_or_method():
     assert analysis.target_norm({"method": "none", "target_norm": None}) is None
 
 
+def test_target_norm_from_the_records_where_config_json_is_silent(tmp_path):
+    base = {k: v for k, v in PAPER_CONFIG.items() if k != "target_norm"}
+    write_run(str(tmp_path), "cap", {**base, "method": "spectral_cap"}, epochs=[(1, 0.1, 0.1, 4.0, 4.0)],
+              layers=_layers({1: [1.0]}, target=0.5), extra_layer_columns={"n_above_target": [3]})
+    write_run(str(tmp_path), "frob", {**base, "method": "frobenius"}, epochs=[(1, 0.1, 0.1, 4.0, 4.0)],
+              layers=_layers({1: [1.0]}, target=9.0))
+    study = analysis.load_study(str(tmp_path))
+    assert study.target_norm("cap") == "spectral" and study.target("cap", "0.weight") == 0.5
+    assert study.target_norm("frob") is None and math.isnan(study.target("frob", "0.weight"))
+
+
 def test_differing_fields_and_spectra_matrix(sweep):
     assert analysis.differing_fields([{"seed": 1, "lr": 1e-3, "out_dir": "a"}, {"seed": 2, "lr": 1e-3, "out_dir": "b"}]) == ["seed"]
     study = analysis.load_study(sweep)

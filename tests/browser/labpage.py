@@ -99,7 +99,7 @@ def lab_page(browser, lab, shots: str, prefix: str, width: int = 1280, height: i
     shot = Shots(page, shots, prefix)
     try:
         yield page, shot
-    except Exception:
+    except BaseException:  # pytest.fail too: a last screenshot of what the page showed
         shot("failed")
         print(f"\nscreenshots: {shot.taken}; console errors: {page.console_errors}")
         raise
