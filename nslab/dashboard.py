@@ -3,8 +3,9 @@
 ``DashboardApp(source)`` adds a folder picker in front of a :class:`Dashboard`. Each figure is a
 pure function of the study and the controls (nslab.figures, nslab.spectrum_figures); a control
 rebuilds the figures it affects and :func:`~nslab.figure_sync.sync_figure` sends only what
-changed. The epoch slider is faster still: it swaps one array per run and moves the epoch
-cursors, nothing else. So a sweep of 12 runs x 200 epochs scrubs without stalling.
+changed. The epoch slider is faster still: it swaps one array per run of the spectrum, and the
+time series' epoch cursors follow once it pauses. So a sweep of 12 runs x 200 epochs scrubs
+without stalling. Figures are as wide as their cell (nslab.figure_sync).
 
 Live: while "auto-refresh" is on, the run folders are polled every few seconds (nslab.live) and
 the figures follow new epochs and new runs in place. Runs that are still running are marked.
