@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig, arch_name, field_names
+from . import records
 from .records import Run, load_run
 
 Source = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -290,10 +291,8 @@ def smooth(values, weight: float) -> np.ndarray:
 
 
 def final_rows(study: Study) -> pd.DataFrame:
-    """Each run's last epoch row (runs with no finished epoch are left out)."""
-    if not len(study.epochs):
-        return study.epochs
-    return study.epochs.sort_values("epoch").groupby("run", sort=False).tail(1).set_index("run")
+    """Each run's last epoch row (runs with no finished epoch are left out): records.final_rows."""
+    return records.final_rows(study.epochs)
 
 
 def summary_table(study: Study) -> pd.DataFrame:

@@ -145,6 +145,17 @@ class RunRecorder:
         self.spectra = [kept] if len(kept) else []
 
 
+def final_rows(epochs: pd.DataFrame, by: str = "run") -> pd.DataFrame:
+    """Each run's last epoch row (the largest ``epoch``), indexed by ``by``; runs without rows are absent.
+
+    ``epochs``: epochs.csv rows of one or more runs with a ``by`` column naming the run. The one place
+    that reads final results: the sweep's summary and the analysis tables both call it.
+    """
+    if not len(epochs):
+        return epochs.set_index(by) if by in epochs else epochs
+    return epochs.sort_values("epoch", kind="stable").groupby(by, sort=False).tail(1).set_index(by)
+
+
 @dataclass
 class Run:
     """A run folder read back: its config, tables and status."""

@@ -304,7 +304,10 @@ def test_sweep_skips_resumes_and_isolates_a_failure(tmp_path, data_dir, monkeypa
     assert list(summary.status) == ["completed", "completed", "failed", "diverged"]
     assert list(summary.action) == ["run", "resume", "run", "run"]
     assert list(summary.epochs_done) == [2, 2, 0, 1]
-    assert summary.test_acc.iloc[:2].between(0, 1).all() and summary.seconds.iloc[:2].gt(0).all()
+    for run in ("mlp2x16-none-s1", "mlp2x16-spectral-s1"):  # accuracy in percent, from the run's last epoch
+        last = pd.read_csv(out / run / "epochs.csv").iloc[-1]
+        assert summary.loc[run, "test_acc"] == pytest.approx(100 * last.test_acc)
+    assert summary.seconds.iloc[:2].gt(0).all()
     assert "train_subset=100000 is not allowed" in summary.loc["broken", "message"]
     assert "non-finite loss at epoch 1" in summary.loc["diverges", "message"]
     assert "sweep tiny: " in printed and "mlp2x16-none-s1: completed" in printed and "broken: failed" in printed

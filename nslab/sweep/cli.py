@@ -141,7 +141,7 @@ def _seconds(value: str) -> float:
 
 def _print_table(table: pd.DataFrame) -> None:
     with pd.option_context("display.width", 200, "display.max_colwidth", 80):
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))  # accuracy in percent
 
 
 def _cmd_status(args) -> int:

@@ -11,24 +11,13 @@ import time
 
 import pandas as pd
 
-from ..records import EPOCH_COLUMNS, write_json
+from ..records import EPOCH_COLUMNS, final_rows, write_json
 from .plan import Job
 
 SUMMARY_COLUMNS = ["run", "status", "action", "epochs_done", "epochs", "test_acc", "test_loss", "train_acc",
                    "seconds", "wall_s", "message"]
 STATES = ("pending", "queued", "running", "completed", "failed", "diverged", "interrupted")
 UNFINISHED = ("pending", "queued", "running")
-
-
-def final_rows(epochs: pd.DataFrame, by: str = "run") -> pd.DataFrame:
-    """Each run's last epoch row (the largest ``epoch``), indexed by ``by``; runs without rows are absent.
-
-    ``epochs``: epochs.csv rows of one or more runs with a ``by`` column naming the run. The one
-    place that reads final results: the sweep's summary and the analysis tables both call it.
-    """
-    if not len(epochs):
-        return epochs.set_index(by) if by in epochs else epochs
-    return epochs.sort_values("epoch", kind="stable").groupby(by, sort=False).tail(1).set_index(by)
 
 
 def epoch_table(run_dir: str) -> pd.DataFrame:
@@ -105,7 +94,8 @@ def write_status(path: str, sweep: dict, jobs: list[Job], started: float, finish
 
 
 def summary(jobs: list[Job]) -> pd.DataFrame:
-    """One row per run: status, what this invocation did, final metrics, training and wall seconds."""
+    """One row per run: status, what this invocation did, final metrics (accuracy in percent, as every
+    table for people), training and wall seconds."""
     epochs = sweep_epochs(jobs)
     last = final_rows(epochs)
     seconds = epochs.groupby("run")["seconds"].sum() if len(epochs) else {}
@@ -116,7 +106,7 @@ def summary(jobs: list[Job]) -> pd.DataFrame:
                "wall_s": j.wall_s, "message": "" if j.state == "completed" else j.message}
         if j.name in last.index:
             r = last.loc[j.name]
-            row.update(epochs_done=int(r["epoch"]), test_acc=r["test_acc"], test_loss=r["test_loss"],
-                       train_acc=r["train_acc"], seconds=float(seconds[j.name]))
+            row.update(epochs_done=int(r["epoch"]), test_acc=100 * r["test_acc"], test_loss=r["test_loss"],
+                       train_acc=100 * r["train_acc"], seconds=float(seconds[j.name]))
         rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
