@@ -46,6 +46,8 @@ def find_run_dirs(source: Source) -> list[str]:
         path = os.fspath(source)
         if is_run_dir(path):
             return [path]
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise FileNotFoundError(f"{path!r} is a file: give a run folder, a sweep folder or a list of them")
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path!r} does not exist: give a run folder, a sweep folder or a list of them")
         found = sorted(os.path.join(path, d) for d in os.listdir(path) if is_run_dir(os.path.join(path, d)))
@@ -245,8 +247,13 @@ def build_study(runs: dict[str, Run], previous: Study | None = None) -> Study:
 
 
 def _long(runs: dict[str, Run], groups: dict[str, str], table: str) -> pd.DataFrame:
+    """One table of every run's rows, with ``run`` and ``group``; empty (with the table's columns) before
+    any run has a row, so that views of a sweep's first minute find the columns they read."""
     frames = [getattr(r, table).assign(run=n, group=groups[n]) for n, r in runs.items() if len(getattr(r, table))]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "group"])
+    if frames:
+        return pd.concat(frames, ignore_index=True)
+    columns = {"epochs": records.EPOCH_COLUMNS, "layers": records.LAYER_COLUMNS}.get(table, [])
+    return pd.DataFrame(columns=[*columns, "run", "group"])
 
 
 # --- Reshaping ------------------------------------------------------------------------
@@ -295,6 +302,9 @@ def final_rows(study: Study) -> pd.DataFrame:
     return records.final_rows(study.epochs)
 
 
+SUMMARY_METRICS = ("train_acc", "test_acc", "train_loss", "test_loss", "gap_acc", "seconds")
+
+
 def summary_table(study: Study) -> pd.DataFrame:
     """One row per run: configuration, seed, status, epochs, final metrics (accuracy in percent) and time.
 
@@ -306,9 +316,10 @@ def summary_table(study: Study) -> pd.DataFrame:
     rows = []
     for name, run in study.runs.items():
         cfg = run.config
+        # Metric columns exist before any run has an epoch (a sweep's first minute): NaN until then.
         row = {"run": name, "group": study.groups[name], "arch": arch_name(cfg), "method": cfg.get("method"),
                "seed": cfg.get("seed"), "status": study.status(name), "epochs_done": 0,
-               "epochs_planned": cfg.get("epochs")}
+               "epochs_planned": cfg.get("epochs"), **dict.fromkeys(SUMMARY_METRICS, np.nan)}
         if name in last.index:
             r = last.loc[name]
             row.update(epochs_done=int(r.epoch), train_acc=100 * r.train_acc, test_acc=100 * r.test_acc,

@@ -318,9 +318,11 @@ def add_parser(subparsers) -> None:
 
 def _cmd_report(args) -> int:
     try:
+        if args.max_points < 2:
+            raise ValueError(f"--max_points={args.max_points} is not allowed: at least 2 points per spectrum")
         study = analysis.load_study(args.source)
         path = write_report(args.source, args.out, args.max_points, study=study)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, PermissionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")

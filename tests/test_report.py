@@ -132,3 +132,35 @@ def test_refusals_show_as_one_line_from_the_first_code_cell(name):
     cells = [c for c in nbformat.read(os.path.join(REPO_ROOT, "notebooks", name), as_version=4).cells
              if c.cell_type == "code"]
     assert "nslab.notebook.setup()" in cells[0].source and "parameters" in cells[1].metadata.get("tags", [])
+
+
+def test_report_of_a_sweeps_first_minute_and_of_a_run_without_layers(tiny, tmp_path, capsys):
+    """What exists is shown: runs with no epoch yet (config.json only), a run whose layers.csv is gone."""
+    import json
+
+    from nslab.cli import main
+    from nslab.config import RunConfig
+
+    sweep = tmp_path / "sweep"
+    for name in ("a", "b"):
+        (sweep / name).mkdir(parents=True)
+        (sweep / name / "config.json").write_text(json.dumps(RunConfig(depth=2, width=16).to_dict()))
+    assert main(["report", str(sweep)]) == 0
+    assert (sweep / "report.html").stat().st_size > 0
+    run = train(tiny(epochs=1, name="nolayers"), log=lambda _: None)
+    os.remove(os.path.join(run.run_dir, "layers.csv"))
+    assert main(["report", run.run_dir]) == 0
+    capsys.readouterr()
+
+
+def test_report_refusals_name_the_problem(tmp_path, capsys):
+    from nslab.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["report", str(afile)]) == 2
+    assert "is a file: give a run folder" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--max_points", "1"]) == 2
+    assert "--max_points=1 is not allowed" in capsys.readouterr().err
