@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Browser tests (tests/test_browser.py, marked `browser`) and PNG/SVG export (kaleido) need a
-# Chromium and the playwright Python package. Install what is missing: Debian's chromium via apt
+# Browser tests (tests/browser/, marked `browser`) and PNG/SVG export (kaleido) need a Chromium
+# and the playwright Python package. Install what is missing: Debian's chromium via apt
 # (playwright's own browser download is not used), playwright via pip into .venv (or $PYTHON).
-# Safe to run again: it does nothing when both are present.
+# Safe to run again: it does nothing when both are present. With CI set, a browser test that
+# skips (no Chromium, no playwright) fails the run (tests/browser/conftest.py): on CI a browser
+# test that did not run is not a pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

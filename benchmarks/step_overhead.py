@@ -41,6 +41,11 @@ METHODS = {
     "spectral-b32x1": dict(method="spectral", block_size=32, power_iters=1),
     "spectral-naive1": dict(method="spectral", block_size=1, power_iters=1),
     "spectral-seed500": dict(method="spectral", warm_start=False, power_iters=500),
+    "spectral_cap": dict(method="spectral_cap"),
+    "spectral_topk": dict(method="spectral_topk"),
+    "spectral_clip": dict(method="spectral_clip"),
+    "orthogonal": dict(method="orthogonal"),
+    "spectral_norm_param": dict(method="spectral_norm_param"),
 }
 CPU_DEFAULTS = dict(models="mlp3x512,resnet18", batch="64")
 GPU_DEFAULTS = dict(models="mlp5x2000,mlp7x4000,resnet34,resnet50", batch="128,512")
@@ -77,7 +82,8 @@ class Trainer:
         kwargs = dict(method_kwargs)
         if cuda_graph and kwargs["method"] != "none" and kwargs.get("warm_start", True):
             kwargs["cuda_graph"] = True
-        self.scaler = NormScaler(scaled_parameters(self.model), seed=1, **kwargs)
+        self.scaler = NormScaler(scaled_parameters(self.model), seed=1, model=self.model, **kwargs)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)  # after a parametrization re-registered weights
         self.device, self.bf16 = device, bf16
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -89,7 +95,7 @@ class Trainer:
         self.scaler.step()
 
     def sigma_rel_err(self) -> float:
-        if self.scaler.method != "spectral":
+        if not self.scaler.method.uses_estimator:
             return float("nan")
         est = self.scaler.estimate_sigmas()
         exact = [float(torch.linalg.svdvals(matrix_view(w.detach()).float())[0]) for w in self.scaler.weights]

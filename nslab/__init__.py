@@ -1,16 +1,21 @@
-"""nslab: weight-norm scaling (Frobenius and spectral) for deep networks, reproducible and fast."""
-__version__ = "0.1.0"
+"""nslab: weight-norm scaling (Frobenius, spectral and the spectral-control family) for deep networks,
+reproducible and fast.
 
-from .config import RunConfig  # noqa: E402
-from .records import Run, load_run  # noqa: E402
-from .scaling import NormScaler  # noqa: E402
+The names below are imported on first use, so that ``import nslab.sweep`` (what a SLURM job or a Ray
+worker runs before it starts papermill) does not pay for importing torch.
+"""
+from ._version import __version__
+
+_LAZY = {"RunConfig": "config", "NormScaler": "scaling", "Run": "records", "load_run": "records",
+         "train": "training"}
 
 
-def train(config: "RunConfig", log=print) -> "Run":
-    """Train one configuration into its run folder (see :func:`nslab.training.train`)."""
-    from .training import train as _train
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
 
-    return _train(config, log)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'nslab' has no attribute {name!r}")
 
 
 __all__ = ["RunConfig", "NormScaler", "Run", "load_run", "train", "__version__"]

@@ -11,6 +11,7 @@ import sys
 from dataclasses import fields
 
 from .config import RunConfig
+from .locks import FolderInUse
 
 
 def _run_parser(sub) -> None:
@@ -21,19 +22,24 @@ def _run_parser(sub) -> None:
                        help=f"default: {f.default!r}")
 
 
+# What nslab raises to refuse an input (a value, a file, a folder): one line on stderr and exit 2.
+REFUSALS = (ValueError, FileNotFoundError, PermissionError, FolderInUse)
+
+
 def _cmd_run(args) -> int:
-    from .presets import PRESETS
+    from .presets import preset
     from .training import train
 
     given = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name) is not None}
     try:
-        if args.preset and args.preset not in PRESETS:
-            raise ValueError(f"preset={args.preset!r} is not allowed: choose one of {sorted(PRESETS)}")
-        config = RunConfig.from_dict({**PRESETS.get(args.preset, {}), **given})
-    except ValueError as err:
+        config = preset(args.preset, **given) if args.preset else RunConfig.from_dict(given)
+        run = train(config)
+    except REFUSALS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run = train(config)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
     print(f"{run.run_dir}: {run.status['status']} ({run.status.get('message', '')})")
     return 0 if run.status["status"] == "completed" else 1
 
@@ -45,7 +51,7 @@ def _cmd_presets(args) -> int:
         import yaml
 
         if args.yaml not in PRESETS:
-            print(f"error: preset={args.yaml!r} is not allowed: choose one of {sorted(PRESETS)}", file=sys.stderr)
+            print(f"error: --yaml {args.yaml!r} is not a preset: choose one of {sorted(PRESETS)}", file=sys.stderr)
             return 2
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS[args.yaml].items()}
         print(yaml.safe_dump(values, sort_keys=False), end="")

@@ -13,13 +13,17 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-MODELS = ("mlp", "resnet18", "resnet34", "resnet50")
-METHODS = ("none", "frobenius", "spectral")
-TARGETS = ("per_layer", "first_layer")
-SCALE_RULES = ("all", "seed")
+from .methods import METHODS as _METHOD_CLASSES
+from .methods import TARGETS
+from .models import MODELS as _MODEL_BUILDERS
+from .models import SCALE_RULES
+from .probes import RANK_METHODS
+
+MODELS = tuple(_MODEL_BUILDERS)  # the registry of nslab.models: a new model shows up here
+METHODS = tuple(_METHOD_CLASSES)  # the registry of nslab.methods: a new method class shows up here
+BLOG_METHODS = ("none", "frobenius", "spectral")
 DEVICES = ("auto", "cpu", "cuda")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
-RANK_METHODS = ("svd", "gram")
 # Bounds that catch typos before a process tries to allocate them (an MLP of width 65536 is 4e9 weights
 # per hidden layer already); a folder name is at most 255 bytes on Linux filesystems.
 MAX_SEED = 2**62
@@ -56,13 +60,15 @@ class RunConfig:
     name: str = _f("", "run folder name under out_dir, empty: derived from the config", resumable=True,
                    configuration=False, location=True)
     # model
-    model: str = _f("mlp", "mlp, resnet18, resnet34, resnet50", named=True)
+    model: str = _f("mlp", ", ".join(MODELS), named=True)
     depth: int = _f(5, "MLP: number of Linear layers", named=True)
     width: int = _f(2000, "MLP: hidden width", named=True)
-    scale_rule: str = _f("all", "all: every weight of 2 or more dims, or seed: skip bn, bias, downsample")
+    scale_rule: str = _f("all", "all: every weight of 2 or more dims; seed: skip bn, bias, downsample; "
+                                "layers: Linear and Conv weights only")
     # norm scaling (applied after every optimizer step)
-    method: str = _f("none", "none, frobenius, spectral", named=True)
-    targets: str = _f("per_layer", "spectral targets: per_layer, or first_layer (the seed code)")
+    method: str = _f("none", ", ".join(METHODS) + " (see nslab.methods)", named=True)
+    targets: str = _f("per_layer", "spectral targets: per_layer sqrt(d_out/d_in), first_layer (the seed code), "
+                                   "channels sqrt(c_out/c_in) for convs")
     power_iters: int = _f(2, "iterations per optimizer step (warm: block iterations, cold: the seed used 500)")
     warm_start: bool = _f(True, "keep singular vectors between steps (False: fresh random, as the seed)")
     power_tol: float = _f(0.0, "> 0: stop iterating once sigma changes by less (costs a host sync)")
@@ -72,6 +78,7 @@ class RunConfig:
     epochs: int = _f(200, "training epochs (raise it to extend a finished run)")
     batch_size: int = _f(512, "images per optimizer step")
     lr: float = _f(1e-3, "Adam learning rate")
+    weight_decay: float = _f(0.0, "> 0: AdamW's decoupled weight decay on every weight of 2 or more dims")
     milestones: tuple = _f((60, 120), "MultiStepLR epochs")
     gamma: float = _f(0.1, "learning-rate factor at each milestone")
     seed: int = _f(1, "seeds init, data order, augmentation and subsets", configuration=False, named=True)
@@ -84,7 +91,7 @@ class RunConfig:
     device: str = _f("auto", "auto: cuda if available, else cpu", resumable=True, configuration=False)
     bf16: bool = _f(False, "bf16 autocast (CUDA only)")
     matmul_precision: str = _f("highest", "the seed code used medium")
-    channels_last: bool = _f(False, "ResNets on CUDA: usually faster")
+    channels_last: bool = _f(False, "ResNets in channels_last memory format (usually faster on CUDA)")
     compile: bool = _f(False, "torch.compile the model's forward and backward")
     # records
     out_dir: str = _f("outputs", "run folders go to out_dir/<name>/", resumable=True, configuration=False,
@@ -120,6 +127,12 @@ class RunConfig:
             _positive(name, getattr(self, name))
         for name in ("lr", "gamma", "rank_rtol"):
             _positive(name, getattr(self, name))
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r} is not allowed: must be >= 0 (0: plain Adam)")
+        method = _METHOD_CLASSES[self.method]
+        if method.needs_block and not self.warm_start:
+            raise ValueError(f"method={self.method!r} is not allowed with warm_start=False: it corrects the Ritz "
+                             f"values of the warm block")
         for name in ("train_subset", "test_subset", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: must be >= 0")
@@ -137,7 +150,10 @@ class RunConfig:
             raise ValueError("bf16=True is not allowed with device='cpu': bf16 autocast is a CUDA option")
         if self.cuda_graph and self.device == "cpu":
             raise ValueError("cuda_graph=True is not allowed with device='cpu': it needs a CUDA device")
-        if self.cuda_graph and self.method == "spectral" and (not self.warm_start or self.power_tol > 0):
+        if self.cuda_graph and (method.syncs_host or method.in_forward):
+            raise ValueError(f"cuda_graph=True is not allowed with method={self.method!r}: its step "
+                             + ("lives in the forward pass" if method.in_forward else "waits for the host"))
+        if self.cuda_graph and method.uses_estimator and (not self.warm_start or self.power_tol > 0):
             raise ValueError(f"cuda_graph=True is not allowed with warm_start={self.warm_start!r}, "
                              f"power_tol={self.power_tol!r}: capture needs warm_start=True and power_tol=0")
         if self.name and (os.sep in self.name or self.name in (".", "..")):

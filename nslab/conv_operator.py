@@ -13,7 +13,7 @@ al. 2019): ``y[i] = sum_a K[a] x[(s*i + d*a - p) mod h]``, i < h/s, the circular
   (``torch.nn.grad.conv2d_weight``), with <G, K> = u^T A v.
 * :class:`ConvTopTriple`: (sigma, u, v) with u an output map and v an input map, by block
   iteration with Rayleigh-Ritz on A (``conv2d`` / ``conv_transpose2d`` on a batch of ``block_size``
-  maps), warm-started between calls like ``NormScaler``'s block estimator (and for the same reason:
+  maps), warm-started between calls like ``nslab.estimators.BlockEstimator`` (and for the same reason:
   real kernels give every singular value at a non-self-conjugate frequency twice, and after a
   correction the next top is elsewhere; a block sees both).
 * :func:`operator_correction_`: the in-place correction (below).
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .conv_spectra import PADDING_MODES, ConvGeometry, check_geometry, output_size
-from .scaling import orthonormalize, ritz_top
+from .linalg import orthonormalize, ritz_top
 
 _TINY = 1e-30
 
@@ -155,8 +155,8 @@ class ConvTopTriple:
 
     Keeps an orthonormal block of ``block_size`` input maps between calls (its state). One
     iteration: Q = orth(A V) (conv2d on the block as a batch), Z = A^T Q (conv_transpose2d),
-    V <- orth(Z); the result is the top Ritz triple of span(Q), as ``NormScaler``'s estimator
-    (``ritz_top``): sigma = ||A^T u||, a lower bound on ||A||_2, and v = A^T u / sigma.
+    V <- orth(Z); the result is the top Ritz triple of span(Q), as ``nslab.estimators.BlockEstimator``
+    (``nslab.linalg.ritz_top``): sigma = ||A^T u||, a lower bound on ||A||_2, and v = A^T u / sigma.
 
     Args:
         weight: the conv weight (out, in/groups, kh, kw); read at every call, never copied.
@@ -186,8 +186,13 @@ class ConvTopTriple:
         self.warmed = False
 
     @torch.no_grad()
-    def estimate(self, iters: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(sigma (0-dim), u (out, ho, wo), v (in, h, w)) after ``iters`` iterations; advances the block."""
+    def estimate(self, iters: int = 2, commit: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sigma (0-dim), u (out, ho, wo), v (in, h, w)) after ``iters`` iterations.
+
+        ``commit=True`` advances the warm block (in place); ``commit=False`` leaves every state as it
+        was (probes; a warm-up before a CUDA-graph capture). The first committed call runs
+        ``warmup_iters``.
+        """
         if not (isinstance(iters, int) and iters >= 1):
             raise ValueError(f"iters={iters!r} is not allowed: an integer >= 1")
         w, k = self.weight.detach(), self.block.shape[1]
@@ -200,8 +205,9 @@ class ConvTopTriple:
             zgram = z.t() @ z
             block = orthonormalize([z], [zgram])[0]
         sigma, u, v = ritz_top([q], [z], [zgram])[0]
-        self.block.copy_(block)  # in place: a captured CUDA graph reads this buffer
-        self.warmed = True
+        if commit:
+            self.block.copy_(block)  # in place: a captured CUDA graph reads this buffer
+            self.warmed = True
         return sigma, u.reshape(self.out_shape), v.reshape(self.in_shape)
 
     @torch.no_grad()

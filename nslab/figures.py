@@ -1,248 +1,255 @@
-"""Plotly figures of run tables: one Run (the first three builders) or a Study of several runs
-(nslab.analysis). Pure: tables in, a go.Figure out; nothing is shown or written here."""
+"""Plotly figures of a Study's time series (nslab.analysis): training curves, sigma_max, ranks, targets.
+
+Pure: a Study and a :class:`~nslab.plotting.View` in, a ``go.Figure`` out; nothing is shown or
+written here. A figure's traces depend only on the study (and the layer); the view changes their
+values and visibility, so a dashboard can bring a live figure up to date by comparing it with a
+fresh build (nslab.dashboard). Every trace carries ``meta={"run": ..., "role": ...}`` (or
+``"group"``/``"layer"``). Targets are drawn where the run's records say they are spectral norms
+(``Study.target_norm``), never from a method's name. Spectra are in :mod:`nslab.spectrum_figures`.
+"""
 from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .records import Run
+from .analysis import OPTIONAL_RANK_COLUMNS, RANK_COLUMNS, group_curves, has_values, layer_spread, smooth
+from .plotting import (PALETTE, View, base_layout, column_title, cursor_shapes, group_color, rgba, run_styles,
+                       unit_factor, whole_epochs, y_axis)
+
+TARGET_NOTE = "dotted: spectral target"
+LAYER_COLUMNS_SHOWN = ("sigma_max", "frobenius", "stable_rank", "effective_rank", "numerical_rank", "n_above_target",
+                       "excess", "op_sigma_max", "alpha")
 
 
-def training_curves(run: Run) -> go.Figure:
-    """Train and test loss (left) and accuracy (right) over epochs."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
-    e = run.epochs
-    for split, dash in (("train", None), ("test", "dash")):
-        fig.add_scatter(x=e.epoch, y=e[f"{split}_loss"], name=f"{split} loss", line_dash=dash, row=1, col=1)
-        fig.add_scatter(x=e.epoch, y=e[f"{split}_acc"], name=f"{split} acc", line_dash=dash, row=1, col=2)
+def _line(view: View, run: str, x, y, role: str, style: dict, column: str = "", smoothed: bool = True, **kw):
+    """One run's series as a Scatter: units, smoothing and visibility from the view, meta for updates."""
+    y = np.asarray(y, dtype=float) * unit_factor(column)
+    if smoothed and view.smoothing:
+        y = smooth(y, view.smoothing)
+    props = dict(mode="lines", line=style, visible=view.visible(run), legendgroup=run, meta={"run": run, "role": role})
+    return go.Scatter(x=np.asarray(x), y=y, **{**props, **kw})
+
+
+def _drawn(trace) -> np.ndarray:
+    """The y values of a trace if it is drawn (hidden runs do not set an axis' ticks), else none."""
+    return np.asarray(trace.y, dtype=float) if trace.visible is True else np.empty(0)
+
+
+def _axes(fig: go.Figure, panels: list[tuple[str, str | None]], view: View, values: list[list]) -> None:
+    """x axes titled epoch; each panel's y axis by its default scale (or the view's) and its data.
+
+    A panel whose default is None stays linear whatever the view (a gap can be negative)."""
     fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title=f"{run.name}: training curves", height=350)
+    for col, ((title, default), vals) in enumerate(zip(panels, values), start=1):
+        flat = np.concatenate([np.asarray(v, dtype=float).ravel() for v in vals]) if vals else np.empty(0)
+        scale = "linear" if default is None else view.scale(default)
+        fig.update_yaxes(title_text=title, row=1, col=col, **y_axis(scale, flat))
+
+
+def _finish(fig: go.Figure, title: str, view: View, note: str = "") -> go.Figure:
+    base_layout(fig, title)
+    if note:
+        fig.update_layout(legend_title_text=note)
+    whole_epochs(fig)
+    cursor_shapes(fig, view.epoch)
     return fig
 
 
-def sigma_max_per_layer(run: Run) -> go.Figure:
-    """Exact sigma_max of every scaled layer over epochs, with each layer's target dotted."""
-    fig = go.Figure()
-    for layer, rows in run.layers.groupby("layer", sort=False):
-        line = fig.add_scatter(x=rows.epoch, y=rows.sigma_max, name=layer, mode="lines+markers").data[-1].line
-        if rows.target.notna().any() and run.config.get("method") == "spectral":
-            fig.add_scatter(x=rows.epoch, y=rows.target, name=f"{layer} target", mode="lines",
-                            line=dict(dash="dot", color=line.color), showlegend=False)
-    fig.update_layout(title=f"{run.name}: sigma_max per layer", xaxis_title="epoch", yaxis_title="sigma_max",
-                      yaxis_type="log", height=350)
-    return fig
+def training_figure(study, view: View = View()) -> go.Figure:
+    """Loss, accuracy (%) and the generalization gap (train minus test accuracy, points) per run.
 
-
-def singular_values(run: Run, epoch: int | None = None) -> go.Figure:
-    """Sorted singular values of every layer at one recorded epoch (the last by default), log scale."""
-    spectra = run.spectra
-    epoch = int(spectra.epoch.max()) if epoch is None else epoch
-    fig = go.Figure()
-    for layer, rows in spectra[spectra.epoch == epoch].groupby("layer", sort=False):
-        fig.add_scatter(x=rows["index"], y=rows.sigma, name=layer, mode="lines")
-    fig.update_layout(title=f"{run.name}: singular values at epoch {epoch}", xaxis_title="index i",
-                      yaxis_title="sigma_i", yaxis_type="log", height=350)
-    return fig
-
-
-# --- Several runs (a Study, nslab.analysis) ---------------------------------------------------
-# Every trace carries ``meta={"run": ..., "role": ...}`` (or ``"group"``) so that a dashboard can
-# update it in place: the builders below make the first state, nslab.dashboard moves it.
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22")
-DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
-
-
-def run_styles(study) -> dict[str, dict]:
-    """Run -> line style: one colour per configuration group, one dash per seed within it."""
-    groups = list(dict.fromkeys(study.groups.values()))
-    seen: dict[str, int] = {}
-    styles = {}
-    for name in study.names:
-        g = study.groups[name]
-        k = seen[g] = seen.get(g, -1) + 1
-        styles[name] = {"color": PALETTE[groups.index(g) % len(PALETTE)], "dash": DASHES[k % len(DASHES)]}
-    return styles
-
-
-def group_color(study, group: str) -> str:
-    return PALETTE[list(dict.fromkeys(study.groups.values())).index(group) % len(PALETTE)]
-
-
-def spectrum_xy(study, run: str, layer: str, epoch: int, max_points: int | None = None):
-    """(i, sigma_i) of one run's layer at one epoch, optionally thinned to about ``max_points`` points."""
-    y = study.spectra.get(run, layer, epoch)
-    x = np.arange(len(y))
-    if max_points and len(y) > max_points:
-        x = np.unique(np.round(np.linspace(0, len(y) - 1, max_points)).astype(int))
-        y = y[x]
-    return x, y
-
-
-def target_xy(study, run: str, layer: str, epoch: int, n: int):
-    """A horizontal segment at the layer's spectral target over i = 0..n-1 (empty without a target)."""
-    t = study.target(run, layer, epoch)
-    return ([0, max(n - 1, 1)], [t, t]) if np.isfinite(t) and n else ([], [])
-
-
-def spectrum_title(layer: str, epoch: int) -> str:
-    return f"singular values of {layer} at epoch {epoch}"
-
-
-def spectrum_figure(study, layer: str, epoch: int, selected=None) -> go.Figure:
-    """Sorted singular values (log y) of ``layer`` at ``epoch``, one trace per run, spectral targets dotted."""
-    styles, selected = run_styles(study), set(study.names if selected is None else selected)
-    fig = go.Figure()
-    for run in study.names:
-        x, y = spectrum_xy(study, run, layer, epoch)
-        vis = run in selected
-        fig.add_scatter(x=x, y=y, name=run, mode="lines", line=styles[run], visible=vis, legendgroup=run,
-                        meta={"run": run, "role": "spectrum"})
-        tx, ty = target_xy(study, run, layer, epoch, len(y))
-        fig.add_scatter(x=tx, y=ty, name=f"{run} target", mode="lines", visible=vis, legendgroup=run, showlegend=False,
-                        line=dict(color=styles[run]["color"], dash="dot", width=1), meta={"run": run, "role": "target"})
-    fig.update_layout(title=spectrum_title(layer, epoch), xaxis_title="index i", yaxis_title="sigma_i",
-                      yaxis_type="log", height=380, width=900)
-    return fig
-
-
-def spectrum_slider_figure(study, pairs: list[tuple[str, str]], title: str, max_points: int | None = 400) -> go.Figure:
-    """Singular values of (run, layer) pairs with one frame per recorded epoch and a slider (no kernel needed).
-
-    Every frame holds every trace (empty where a run has no spectrum at that epoch); the log y
-    range is fixed over all frames so that the axes stay put while scrubbing.
+    Test bold, train faint; where a run recorded the clean (un-augmented) test set, it is dotted.
+    The gap panel stays linear under a log view (it can be negative).
     """
-    runs = list(dict.fromkeys(r for r, _ in pairs))
-    epochs = study.spectra.all_epochs(runs)
     styles = run_styles(study)
-    many_layers = len({l for _, l in pairs}) > 1
-    colors = {l: PALETTE[i % len(PALETTE)] for i, l in enumerate(dict.fromkeys(l for _, l in pairs))}
-
-    def traces(epoch):
-        out = []
-        for run, layer in pairs:
-            x, y = spectrum_xy(study, run, layer, epoch, max_points)
-            line = dict(color=colors[layer]) if many_layers else styles[run]
-            out.append(go.Scatter(x=x, y=y, mode="lines", line=line, name=layer if many_layers else run))
-        return out
-
-    frames = [go.Frame(name=str(e), data=traces(e), layout=dict(title_text=f"{title} at epoch {e}")) for e in epochs]
-    fig = go.Figure(data=frames[0].data if frames else [], frames=frames)
-    values = np.concatenate([study.spectra.get(r, l, e) for r, l in pairs for e in epochs] or [np.empty(0)])
-    values = values[values > 0]
-    if len(values):
-        hi = float(values.max())
-        lo = max(float(values.min()), hi * 1e-8)
-        fig.update_yaxes(range=[np.log10(lo) - 0.1, np.log10(hi) + 0.1], autorange=False)
-    steps = [dict(label=str(e), method="animate",
-                  args=[[str(e)], dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))])
-             for e in epochs]
-    fig.update_layout(title=f"{title} at epoch {epochs[0]}" if epochs else title, xaxis_title="index i",
-                      yaxis_title="sigma_i", yaxis_type="log", height=450,
-                      sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="epoch "), pad=dict(t=40))])
-    return fig
-
-
-def sigma_max_figure(study, layer: str, selected=None) -> go.Figure:
-    """Left: sigma_max of ``layer`` over epochs per run (spectral targets dotted).
-    Right: the mean of sigma_max across layers with a min-max band, per run."""
-    from .analysis import layer_spread
-
-    styles, selected = run_styles(study), set(study.names if selected is None else selected)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"sigma_max of {layer}", "sigma_max across layers: mean, min-max"))
-    spread = layer_spread(study.layers) if len(study.layers) else None
+    clean = has_values(study.epochs, "clean_test_acc")
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "accuracy (%)", "gap: train - test accuracy"))
+    values: list[list] = [[], [], []]
+    splits = ("train", "test") + (("clean_test",) if clean else ())
     for run in study.names:
-        vis, st = run in selected, styles[run]
+        e, st = study.epoch_rows(run), styles[run]
+        for col, kind in ((1, "loss"), (2, "acc")):
+            for split in splits:
+                column = f"{split}_{kind}"
+                width, opacity, dash = {"train": (1, 0.45, st["dash"]), "test": (2, 1, st["dash"]),
+                                        "clean_test": (1.5, 1, "dot")}[split]
+                name = run if split == "test" else f"{run} {split.replace('_', ' ')}"
+                t = _line(view, run, e.epoch, e.get(column, np.full(len(e), np.nan)), column,
+                          dict(color=st["color"], dash=dash, width=width), column, opacity=opacity, name=name,
+                          showlegend=split == "test" and col == 1)
+                fig.add_trace(t, row=1, col=col)
+                values[col - 1].append(_drawn(t))
+        t = _line(view, run, e.epoch, e.get("gap_acc", np.full(len(e), np.nan)), "gap_acc", st, "gap_acc",
+                  name=f"{run} gap", showlegend=False)
+        fig.add_trace(t, row=1, col=3)
+        values[2].append(_drawn(t))
+    _axes(fig, [("loss", "linear"), ("accuracy (%)", "linear"), ("percentage points", None)], view, values)
+    note = "dotted: clean test set" if clean else ""
+    return _finish(fig, "training curves (test bold, train faint)", view, note)
+
+
+def sigma_max_figure(study, layer: str, view: View = View()) -> go.Figure:
+    """Left: sigma_max of ``layer`` over epochs per run (spectral targets dotted, in the run's colour).
+    Right: the mean of sigma_max across layers with a min-max band, per run."""
+    styles = run_styles(study)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"sigma_max of {layer}", "across layers: mean, min-max"))
+    spread = layer_spread(study.layers) if len(study.layers) else None
+    left, right = [], []
+    for run in study.names:
+        st = styles[run]
         rows = study.layer_rows(run, layer)
-        fig.add_scatter(x=rows.epoch, y=rows.sigma_max, name=run, mode="lines", line=st, visible=vis, legendgroup=run,
-                        meta={"run": run, "role": "layer_sigma"}, row=1, col=1)
-        tx, ty = _target_series(study, run, rows)
-        fig.add_scatter(x=tx, y=ty, name=f"{run} target", mode="lines", line=dict(color=st["color"], dash="dot", width=1),
-                        visible=vis, legendgroup=run, showlegend=False, meta={"run": run, "role": "layer_target"}, row=1, col=1)
+        fig.add_trace(_line(view, run, rows.epoch, rows.sigma_max, "layer_sigma", st, name=run), row=1, col=1)
+        tx, ty = study.target_series(run, layer)
+        fig.add_trace(_line(view, run, tx, ty, "layer_target", dict(color=st["color"], dash="dot", width=1), smoothed=False,
+                            name=f"{run} target", showlegend=False), row=1, col=1)
         s = spread[spread.run == run] if spread is not None else None
         if s is None or not len(s):
             continue
-        fig.add_scatter(x=s.epoch, y=s["min"], mode="lines", line=dict(width=0), visible=vis, legendgroup=run,
-                        showlegend=False, hoverinfo="skip", meta={"run": run, "role": "band_lo"}, row=1, col=2)
-        fig.add_scatter(x=s.epoch, y=s["max"], mode="lines", line=dict(width=0), fill="tonexty", visible=vis,
-                        fillcolor=_alpha(st["color"], 0.15), legendgroup=run, showlegend=False, hoverinfo="skip",
-                        meta={"run": run, "role": "band_hi"}, row=1, col=2)
-        fig.add_scatter(x=s.epoch, y=s["mean"], name=f"{run} mean", mode="lines", line=st, visible=vis,
-                        legendgroup=run, showlegend=False, meta={"run": run, "role": "band_mean"}, row=1, col=2)
-    fig.update_xaxes(title_text="epoch")
-    fig.update_yaxes(type="log", title_text="sigma_max")
-    fig.update_layout(title="spectral norms over training", height=380, width=1150)
-    return fig
+        for role, column, extra in (("band_lo", "min", {}), ("band_hi", "max", dict(fill="tonexty"))):
+            fig.add_trace(_line(view, run, s.epoch, s[column], role, dict(width=0), name=f"{run} {column}",
+                                showlegend=False, hoverinfo="skip", fillcolor=rgba(st["color"], 0.15), **extra), row=1, col=2)
+        fig.add_trace(_line(view, run, s.epoch, s["mean"], "band_mean", st, name=f"{run} mean", showlegend=False),
+                      row=1, col=2)
+    for t in fig.data:  # every drawn series sets its panel's ticks: targets and band edges too
+        (left if t.meta["role"].startswith("layer") else right).append(_drawn(t))
+    _axes(fig, [("sigma_max", "log"), ("sigma_max", "log")], view, [left, right])
+    has_targets = any(len(study.target_series(r, layer)[0]) for r in study.names)
+    return _finish(fig, "spectral norms over training", view, TARGET_NOTE if has_targets else "")
 
 
-def _target_series(study, run: str, rows):
-    if study.method(run) != "spectral" or not len(rows):
-        return [], []
-    return rows.epoch, rows.target
+def columns_figure(study, layer: str, columns: list[str], view: View, title: str, sparse=(), scales=None,
+                   titles=None, shared_y: bool = False) -> go.Figure:
+    """One panel per layers.csv column of ``layer`` over epochs, one line per run (legend from the first panel).
 
-
-def _alpha(hex_color: str, a: float) -> str:
-    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{a})"
-
-
-def training_figure(study, selected=None) -> go.Figure:
-    """Loss, accuracy and the generalization gap (train minus test accuracy) per run; test bold, train faint."""
-    styles, selected = run_styles(study), set(study.names if selected is None else selected)
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss (test bold, train faint)", "accuracy",
-                                                         "generalization gap: train - test accuracy"))
-    for run in study.names:
-        e, st, vis = study.epoch_rows(run), styles[run], run in selected
-        for col, column in ((1, "loss"), (2, "acc")):
-            for split in ("train", "test"):
-                fig.add_scatter(x=e.epoch, y=e[f"{split}_{column}"], name=run if split == "test" else f"{run} train",
-                                mode="lines", line=dict(st, width=2 if split == "test" else 1),
-                                opacity=1 if split == "test" else 0.45, visible=vis, legendgroup=run,
-                                showlegend=split == "test" and col == 1, meta={"run": run, "role": f"{split}_{column}"},
-                                row=1, col=col)
-        fig.add_scatter(x=e.epoch, y=e.get("gap_acc", []), name=f"{run} gap", mode="lines", line=st, visible=vis,
-                        legendgroup=run, showlegend=False, meta={"run": run, "role": "gap_acc"}, row=1, col=3)
-    fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title="training curves", height=380, width=1150)
-    return fig
-
-
-def rank_figure(study, layer: str, selected=None) -> go.Figure:
-    """Stable, effective and numerical rank of ``layer`` over epochs, one line per run."""
-    from .analysis import RANK_COLUMNS
-
-    styles, selected = run_styles(study), set(study.names if selected is None else selected)
-    fig = make_subplots(rows=1, cols=3, subplot_titles=tuple(c.replace("_", " ") for c in RANK_COLUMNS))
+    ``sparse``: columns recorded at some epochs only (drawn with markers, gaps joined); ``scales``:
+    column -> default y scale (linear otherwise); ``titles``: panel titles (the column names by default).
+    """
+    styles = run_styles(study)
+    fig = make_subplots(rows=1, cols=len(columns), shared_yaxes=shared_y,
+                        subplot_titles=tuple(titles or (c.replace("_", " ") for c in columns)))
+    values: list[list] = [[] for _ in columns]
     for run in study.names:
         rows = study.layer_rows(run, layer)
-        for col, column in enumerate(RANK_COLUMNS, start=1):
-            fig.add_scatter(x=rows.epoch, y=rows[column], name=run, mode="lines", line=styles[run],
-                            visible=run in selected, legendgroup=run, showlegend=col == 1,
-                            meta={"run": run, "role": column}, row=1, col=col)
-    fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title=f"ranks of {layer}", height=380, width=1150)
-    return fig
+        for col, column in enumerate(columns, start=1):
+            rows_c = rows[rows[column].notna()] if column in sparse and column in rows else rows
+            y = rows_c[column] if column in rows_c else np.full(len(rows_c), np.nan)
+            t = _line(view, run, rows_c.epoch, y, column, styles[run], column, name=run, showlegend=col == 1,
+                      mode="lines+markers" if column in sparse else "lines")
+            fig.add_trace(t, row=1, col=col)
+            values[col - 1].append(_drawn(t))
+    if shared_y:  # one y axis for all panels: ticks from all their data
+        values = [[v for vals in values for v in vals]] * len(columns)
+    panels = [("" if shared_y and col else c.replace("_", " "), (scales or {}).get(c, "linear"))
+              for col, c in enumerate(columns)]
+    _axes(fig, panels, view, values)
+    return _finish(fig, title, view)
 
 
-def group_figure(study, column: str = "test_acc", band: str = "minmax") -> go.Figure:
-    """``column`` over epochs per configuration: mean over seeds with a band (min-max or std)."""
-    from .analysis import group_curves
+def rank_columns(study) -> list[str]:
+    """The rank panels: stable, effective and numerical rank, and ``alpha`` where the runs recorded it."""
+    return list(RANK_COLUMNS) + [c for c in OPTIONAL_RANK_COLUMNS if has_values(study.layers, c)]
 
+
+def rank_figure(study, layer: str, view: View = View()) -> go.Figure:
+    """One panel per rank column (:func:`rank_columns`) of ``layer`` over epochs, one line per run.
+
+    ``alpha`` is recorded at spectra epochs only: drawn with markers, gaps joined.
+    """
+    return columns_figure(study, layer, rank_columns(study), view, f"ranks of {layer}", sparse=OPTIONAL_RANK_COLUMNS)
+
+
+def layers_figure(study, run: str, column: str = "sigma_max", view: View = View()) -> go.Figure:
+    """``column`` of every layer of one run over epochs, one colour per layer.
+
+    For ``sigma_max``, each layer's spectral target is dotted in that layer's colour; all targets
+    share one legend entry ("targets"), so one click hides or shows them together.
+    """
+    if column not in LAYER_COLUMNS_SHOWN:
+        raise ValueError(f"column={column!r} is not allowed: choose one of {list(LAYER_COLUMNS_SHOWN)}")
     fig = go.Figure()
-    if not len(study.epochs):
-        return fig
-    curves = group_curves(study.epochs, column, band)
-    for group, c in curves.groupby("group", sort=False):
-        color = group_color(study, group)
-        n = int(c.n.max())
-        fig.add_scatter(x=c.epoch, y=c.lo, mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip",
-                        legendgroup=group, meta={"group": group, "role": "lo"})
-        fig.add_scatter(x=c.epoch, y=c.hi, mode="lines", line=dict(width=0), fill="tonexty", showlegend=False,
-                        fillcolor=_alpha(color, 0.2), hoverinfo="skip", legendgroup=group, meta={"group": group, "role": "hi"})
-        fig.add_scatter(x=c.epoch, y=c["mean"], mode="lines", name=f"{group} (n={n})", line=dict(color=color),
-                        legendgroup=group, meta={"group": group, "role": "mean"})
+    values = []
+    targets = column == "sigma_max" and study.target_norm(run) == "spectral"
+    for i, layer in enumerate(study.layer_names):
+        rows = study.layer_rows(run, layer)
+        rows = rows[rows[column].notna()] if column in rows else rows.iloc[:0]
+        color = PALETTE[i % len(PALETTE)]
+        t = _line(view, layer, rows.epoch, rows[column] if column in rows else [], column, dict(color=color), column,
+                  name=layer, legendgroup=layer, meta={"layer": layer, "role": column})
+        fig.add_trace(t)
+        values.append(_drawn(t))
+        if targets:
+            tx, ty = study.target_series(run, layer)
+            fig.add_scatter(x=np.asarray(tx), y=np.asarray(ty), mode="lines", line=dict(color=color, dash="dot", width=1.5),
+                            name="targets", legendgroup="targets", showlegend=i == 0, legendrank=2000,
+                            meta={"layer": layer, "role": "target"})
+            values.append(np.asarray(ty))
+    default = "log" if column in ("sigma_max", "frobenius", "op_sigma_max") else "linear"
+    flat = np.concatenate([np.ravel(v) for v in values]) if values else np.empty(0)
+    fig.update_layout(xaxis_title="epoch", yaxis_title=column_title(column))
+    fig.update_yaxes(**y_axis(view.scale(default), flat))
+    return _finish(fig, f"{run}: {column.replace('_', ' ')} per layer", view, TARGET_NOTE if targets else "")
+
+
+def target_figure(study, layer: str, view: View = View()) -> go.Figure:
+    """How far ``layer``'s spectrum sits above its spectral target, per run over epochs: the number
+    of singular values above it (``n_above_target``) and, where recorded, ``excess`` (the sum of
+    sigma_i - target above it, over the target). Panels only for the columns with values."""
+    columns = [c for c in ("n_above_target", "excess") if has_values(study.layers, c)]
+    if not columns:
+        raise ValueError("no n_above_target or excess values in these runs: their layers.csv predate the probe, "
+                         "or no run has spectral targets")
+    return columns_figure(study, layer, columns, view, f"singular values above the spectral target: {layer}")
+
+
+def operator_figure(study, layer: str, view: View = View()) -> go.Figure:
+    """sigma_max of ``layer`` two ways, side by side on one y axis: the blog's reshape (out, in*kh*kw)
+    and the conv as an operator on its feature map (``op_sigma_max``; NaN for non-conv layers and older runs)."""
+    return columns_figure(study, layer, ["sigma_max", "op_sigma_max"], view,
+                          f"reshape vs operator spectral norm: {layer}", scales={"sigma_max": "log", "op_sigma_max": "log"},
+                          titles=("reshape (out, in*kh*kw)", "operator on the feature map"), shared_y=True)
+
+
+def group_columns(study) -> list[str]:
+    """Columns a seed band can be drawn for: the epochs table's metrics, then per-layer columns with values."""
+    epoch_cols = [c for c in ("test_acc", "train_acc", "clean_test_acc", "test_loss", "train_loss", "clean_test_loss",
+                              "gap_acc", "gap_loss") if has_values(study.epochs, c)]
+    return epoch_cols + [c for c in LAYER_COLUMNS_SHOWN if has_values(study.layers, c)]
+
+
+def group_figure(study, column: str = "test_acc", band: str = "minmax", layer: str | None = None,
+                 view: View = View()) -> go.Figure:
+    """``column`` over epochs per configuration: the mean over seeds with a band (min-max or std).
+
+    ``column`` comes from the epochs table, or from layers.csv for ``layer`` (sigma_max, ranks, ...).
+    A configuration is drawn where any of its runs is selected.
+    """
+    per_layer = column in LAYER_COLUMNS_SHOWN
+    if per_layer and layer is None:
+        raise ValueError(f"column={column!r} is a per-layer column: give layer=")
+    table = study.layers[study.layers.layer == layer] if per_layer else study.epochs
+    fig = go.Figure()
+    values = []
+    if len(table) and column in table:
+        curves = group_curves(table, column, band)
+        shown = None if view.selected is None else {study.groups[r] for r in view.selected}
+        for group, c in curves.groupby("group", sort=False):
+            color, n = group_color(study, group), int(c.n.max())
+            vis = True if shown is None or group in shown else "legendonly"
+            k = unit_factor(column)
+            mean = smooth(c["mean"] * k, view.smoothing) if view.smoothing else c["mean"].to_numpy() * k
+            for role, y, extra in (("lo", c.lo * k, {}), ("hi", c.hi * k, dict(fill="tonexty"))):
+                fig.add_scatter(x=c.epoch, y=y, mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip",
+                                fillcolor=rgba(color, 0.2), legendgroup=group, visible=vis,
+                                meta={"group": group, "role": role}, **extra)
+            fig.add_scatter(x=c.epoch, y=mean, mode="lines", name=f"{group} (n={n})", line=dict(color=color),
+                            legendgroup=group, visible=vis, meta={"group": group, "role": "mean"})
+            if vis is True:
+                values += [c.lo.to_numpy() * k, c.hi.to_numpy() * k]
     band_name = "min-max" if band == "minmax" else "+/- 1 std"
-    fig.update_layout(title=f"{column} by configuration: mean over seeds, {band_name} band", xaxis_title="epoch",
-                      yaxis_title=column, height=380, width=900)
-    return fig
+    default = "log" if column in ("sigma_max", "frobenius", "op_sigma_max") else "linear"
+    flat = np.concatenate(values) if values else np.empty(0)
+    what = f"{column} of {layer}" if per_layer else column
+    fig.update_layout(xaxis_title="epoch", yaxis_title=column_title(column))
+    fig.update_yaxes(**y_axis(view.scale(default), flat))
+    return _finish(fig, f"{what} by configuration: mean over seeds, {band_name} band", view)

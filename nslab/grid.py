@@ -13,6 +13,11 @@ A grid file is YAML::
     runs:                        # explicit configurations, each on top of base (and crossed with vary)
       - {preset: resnet34-none}
       - {model: mlp, depth: 7, width: 4000}
+    slurm:                       # resources per run for --engine slurm (the command line wins)
+      partition: gpu
+      time: "1-00:00:00"
+      cpus_per_run: 8
+      extra: {account: myproject}
 
 A run's fields are, later ones winning: its preset (from vary, else its ``runs`` entry,
 else base), base's fields, its ``runs`` entry, its varied values. ``out_dir`` is the
@@ -21,7 +26,8 @@ sweep's folder and cannot be set here. A run's folder name is ``name`` where giv
 :attr:`RunConfig.run_name` (e.g. ``mlp3x512-spectral-s1``) followed by ``-field=value``
 for each other field that differs between the sweep's unnamed runs. Preset names are not used:
 they name single runs. Everything is validated before any run starts; errors name the
-file, where in it, the field and the value.
+file, where in it, the field and the value. A file that names no configuration (empty, or
+without base, vary and runs) is refused, and so is a key given twice in one mapping.
 """
 from __future__ import annotations
 
@@ -29,15 +35,16 @@ import difflib
 import itertools
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
 
 from .config import RunConfig, field_names
 from .presets import PRESETS
+from .sweep.options import grid_block
 
-TOP_KEYS = ("sweep", "description", "base", "vary", "runs")
+TOP_KEYS = ("sweep", "description", "base", "vary", "runs", "slurm")
 FIELDS = tuple(f.name for f in fields(RunConfig))
 CONFIG_KEYS = ("preset",) + tuple(f for f in FIELDS if f != "out_dir")
 # Fields RunConfig.run_name already shows (depth and width for MLPs), and fields that never name a run.
@@ -49,6 +56,26 @@ class GridError(ValueError):
     """A grid file that cannot be run; the message names the file, the place, the field and the value."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base loader reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found the key {key!r} twice (first on line {seen[key] + 1}): give each key once",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 @dataclass(frozen=True)
 class Grid:
     """A grid file expanded: the sweep's name and one validated RunConfig per run (``out_dir`` unset)."""
@@ -57,6 +84,7 @@ class Grid:
     name: str
     description: str
     configs: tuple[RunConfig, ...]
+    slurm: dict = field(default_factory=dict)  # the file's slurm: block, checked (see nslab.sweep.options)
 
     def varied_fields(self) -> list[str]:
         """Fields whose values differ between runs, in RunConfig order."""
@@ -68,12 +96,12 @@ def load_grid(path: str) -> Grid:
     """Read, expand and validate a grid file; raise :class:`GridError` before anything runs."""
     try:
         with open(path) as f:
-            doc = yaml.safe_load(f)
+            doc = yaml.load(f, Loader=_UniqueKeyLoader)
     except OSError as err:
         raise GridError(f"{path}: cannot read the grid file ({err.strerror})") from err
     except yaml.YAMLError as err:
         raise GridError(f"{path}: not valid YAML: {err}") from err
-    return expand(doc if doc is not None else {}, path)
+    return expand(doc, path)
 
 
 def expand(doc: Any, path: str = "<grid>") -> Grid:
@@ -82,8 +110,15 @@ def expand(doc: Any, path: str = "<grid>") -> Grid:
         raise GridError(f"{path}: {where}: {message}")
 
     if not isinstance(doc, dict):
-        fail("top level", f"expected a mapping with keys {list(TOP_KEYS)}, got {type(doc).__name__}")
+        fail("top level", f"expected a mapping with keys {list(TOP_KEYS)}, got "
+                          + ("an empty file" if doc is None else type(doc).__name__))
     _check_keys(doc, TOP_KEYS, "top level", fail)
+    if not any(doc.get(k) for k in ("base", "vary", "runs")):  # else it would run RunConfig's 200-epoch default
+        fail("top level", "the grid names no configuration: give base, vary or runs (e.g. base: {preset: quick})")
+    try:
+        slurm = grid_block(doc.get("slurm"))
+    except ValueError as err:
+        raise GridError(f"{path}: {err}") from None
     name = doc.get("sweep", os.path.splitext(os.path.basename(path))[0] if path != "<grid>" else "sweep")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._+-]+", name) or name in (".", ".."):
         fail("sweep", f"sweep={name!r} is not allowed: a plain folder name (letters, digits, . _ + -)")
@@ -117,7 +152,7 @@ def expand(doc: Any, path: str = "<grid>") -> Grid:
             at = (f"runs[{i}]" if len(entries) > 1 else "run") + (f" ({label})" if label else "")
             configs.append(_build(base, entry, chosen, at, fail))
             where.append(at)
-    return Grid(path, name, str(doc.get("description", "")), tuple(_name_runs(configs, where, fail)))
+    return Grid(path, name, str(doc.get("description", "")), tuple(_name_runs(configs, where, fail)), slurm)
 
 
 def _check_keys(mapping: dict, allowed: tuple, where: str, fail) -> None:

@@ -9,11 +9,14 @@ reshape the blog uses; it is not the conv's operator norm, see Sedghi et al.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .config import MODELS, SCALE_RULES
+from .linalg import matrix_shape
+
+SCALE_RULES = ("all", "seed", "layers")
 
 # The seed code skips every parameter whose name contains one of these.
 _SEED_SKIP = ("bn", "bias", "downsample")
@@ -42,34 +45,46 @@ def cifar_resnet(name: str, num_classes: int = 100) -> nn.Module:
     """
     import torchvision
 
-    builders = {"resnet18": torchvision.models.resnet18, "resnet34": torchvision.models.resnet34,
-                "resnet50": torchvision.models.resnet50}
-    if name not in builders:
-        raise ValueError(f"model={name!r} is not a ResNet: choose one of {sorted(builders)}")
-    net = builders[name](weights=None, num_classes=num_classes)
+    net = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
     net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     return net
 
 
+# The models a run can name: model -> builder(depth, width, in_features, num_classes). Adding a model is
+# one entry here (RunConfig's choices, run names and the views follow); nslab.config.arch_name names it.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": lambda depth, width, in_features, num_classes: mlp(depth, width, in_features, num_classes),
+    **{name: (lambda depth, width, in_features, num_classes, name=name: cifar_resnet(name, num_classes))
+       for name in ("resnet18", "resnet34", "resnet50")},
+}
+
+
 def build_model(model: str, depth: int = 5, width: int = 2000, in_features: int = 3072,
                 num_classes: int = 100) -> nn.Module:
-    if model == "mlp":
-        return mlp(depth, width, in_features, num_classes)
-    if model in MODELS:
-        return cifar_resnet(model, num_classes)
-    raise ValueError(f"model={model!r} is not allowed: choose one of {list(MODELS)}")
+    if model not in MODELS:
+        raise ValueError(f"model={model!r} is not allowed: choose one of {list(MODELS)}")
+    return MODELS[model](depth, width, in_features, num_classes)
 
 
 def scaled_parameters(model: nn.Module, rule: str = "all") -> list[tuple[str, nn.Parameter]]:
     """The (name, weight) pairs that get the orthogonal init and the norm scaling.
 
-    ``rule="all"``: every parameter with 2 or more dimensions.
-    ``rule="seed"``: as the seed code, which also skips names containing
+    ``rule="all"``: every parameter with 2 or more dimensions (the study's models: every Linear and
+    conv weight). In a model of your own this also takes embeddings, class tokens and position
+    embeddings (a ViT's (1, 1, d) class token, its (1, n, d) position embedding): use ``"layers"``.
+    ``rule="layers"``: the ``weight`` of every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` module, nothing
+    else (no embeddings, tokens, norms; MultiheadAttention's packed ``in_proj_weight`` is not a Linear
+    and is skipped, its ``out_proj`` is taken).
+    ``rule="seed"``: as the seed code, every parameter of 2 or more dimensions except names containing
     ``bn``, ``bias`` or ``downsample`` (so ResNet downsample convs are never scaled).
     """
     if rule not in SCALE_RULES:
         raise ValueError(f"scale_rule={rule!r} is not allowed: choose one of {list(SCALE_RULES)}")
+    if rule == "layers":
+        layer_types = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        return [(f"{name}.weight" if name else "weight", m.weight) for name, m in model.named_modules()
+                if isinstance(m, layer_types) and isinstance(m.weight, nn.Parameter)]
     chosen = []
     for name, p in model.named_parameters():
         if p.dim() < 2:
@@ -78,11 +93,6 @@ def scaled_parameters(model: nn.Module, rule: str = "all") -> list[tuple[str, nn
             continue
         chosen.append((name, p))
     return chosen
-
-
-def matrix_shape(w: torch.Tensor) -> tuple[int, int]:
-    """(d_out, d_in) of a weight viewed as a matrix: convs flatten to (out, in*kh*kw)."""
-    return w.shape[0], math.prod(w.shape[1:])
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import METHODS, RunConfig
+from .config import BLOG_METHODS, RunConfig
 
 PAPER: dict[str, Any] = {
     "epochs": 200, "batch_size": 512, "lr": 1e-3, "milestones": (60, 120), "gamma": 0.1, "seed": 1,
@@ -32,7 +32,7 @@ QUICK: dict[str, Any] = {
 
 PRESETS: dict[str, dict[str, Any]] = {"quick": QUICK}
 for _arch, _fields in ARCHITECTURES.items():
-    for _method in METHODS:
+    for _method in BLOG_METHODS:  # new methods get no paper presets
         PRESETS[f"{_arch}-{_method}"] = {**PAPER, **_fields, "method": _method, "name": f"{_arch}-{_method}"}
 
 

@@ -14,14 +14,9 @@ import math
 
 import torch
 
-from .config import RANK_METHODS
+from .linalg import as_matrix, frobenius_norm
 
-
-def as_matrix(w: torch.Tensor) -> torch.Tensor:
-    """(d_out, d_in) view of a weight; convs flatten to (out, in*kh*kw)."""
-    if w.dim() < 2:
-        raise ValueError(f"a probe needs a weight with 2 or more dimensions, got shape {tuple(w.shape)}")
-    return w.reshape(w.shape[0], -1)
+RANK_METHODS = ("svd", "gram")
 
 
 def singular_values(w: torch.Tensor, method: str = "svd") -> torch.Tensor:
@@ -41,10 +36,6 @@ def singular_values(w: torch.Tensor, method: str = "svd") -> torch.Tensor:
     gram = m @ m.t() if m.shape[0] <= m.shape[1] else m.t() @ m
     eig = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
     return eig.flip(0)
-
-
-def frobenius_norm(w: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(w.detach().double()))
 
 
 def stable_rank(frobenius: float, sigma_max: float) -> float:
@@ -67,6 +58,14 @@ def numerical_rank(sv: torch.Tensor, rtol: float) -> int:
     if sv.numel() == 0:
         return 0
     return int((sv > rtol * sv.max()).sum())
+
+
+def target_excess(sv: torch.Tensor, target: float, rtol: float = 1e-3) -> dict:
+    """How far a spectrum exceeds a spectral-norm target t: ``n_above_target`` counts sigma_i > t (1 + rtol),
+    ``excess`` is sum_i max(sigma_i - t, 0) / t (0 when the whole spectrum is at or below t)."""
+    sv = sv.double()
+    return {"n_above_target": int((sv > target * (1 + rtol)).sum()),
+            "excess": float((sv - target).clamp_min(0).sum() / target) if target > 0 else float("nan")}
 
 
 def layer_stats(w: torch.Tensor, rtol: float, method: str = "svd") -> tuple[dict, torch.Tensor]:

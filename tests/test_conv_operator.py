@@ -138,7 +138,11 @@ def test_state_dict_round_trip_and_refusals():
     w = weight(4, 6, 3, seed=10)
     geo = ConvGeometry((6, 6), padding=(1, 1))
     a = ConvTopTriple(w, geo, "circular", warmup_iters=5)
-    a.estimate()
+    before = a.block.clone()
+    peek = a.estimate(commit=False)
+    assert torch.equal(a.block, before) and not a.warmed  # a probe leaves the state alone
+    torch.testing.assert_close(a.estimate()[0], peek[0], rtol=0, atol=0)  # the same computation, committed
+    assert a.warmed and not torch.equal(a.block, before)
     b = ConvTopTriple(w, geo, "circular", seed=99)
     b.load_state_dict(a.state_dict())
     assert b.warmed and torch.equal(b.block, a.block)

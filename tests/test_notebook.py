@@ -62,3 +62,28 @@ def test_papermill_rejects_a_wrong_type_before_training(data_dir, tmp_path):
         papermill.execute_notebook(NOTEBOOK, str(tmp_path / "bad.ipynb"), kernel_name="python3", progress_bar=False,
                                    parameters=dict(width="abc", data_dir=data_dir, out_dir=str(tmp_path)))
     assert not [p for p in os.listdir(tmp_path) if p != "bad.ipynb"]
+
+
+def test_a_misspelt_parameter_stops_the_notebook_with_the_message_first(data_dir, tmp_path):
+    out = tmp_path / "typo.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError, match=r"unknown parameter 'widht' \(did you mean 'width'\?\)"):
+        papermill.execute_notebook(NOTEBOOK, str(out), kernel_name="python3", progress_bar=False,
+                                   parameters=dict(widht=10, data_dir=data_dir, out_dir=str(tmp_path)))
+    errors = [o for c in json.load(open(out))["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert len(errors) == 1
+    # The message comes first and the traceback is short: no screenful from inside nslab.
+    assert errors[0]["traceback"][0].startswith("ValueError: unknown parameter 'widht'")
+    assert len(errors[0]["traceback"]) == 2
+    assert not [p for p in os.listdir(tmp_path) if p != "typo.ipynb"]  # nothing trained, nothing written
+
+
+def test_relative_paths_resolve_from_the_repository_root_in_notebooks(monkeypatch, tmp_path):
+    from nslab import paths
+
+    monkeypatch.chdir(paths.NOTEBOOKS)
+    assert paths.resolve("outputs") == os.path.join(paths.REPO_ROOT, "outputs")
+    monkeypatch.chdir(paths.REPO_ROOT)
+    assert paths.resolve("outputs") == os.path.join(paths.REPO_ROOT, "outputs")
+    monkeypatch.chdir(tmp_path)
+    assert paths.resolve("outputs") == str(tmp_path / "outputs") and paths.resolve("/abs") == "/abs"
+    assert paths.resolve("") == ""
