@@ -22,6 +22,7 @@ from .probes import RANK_METHODS
 MODELS = tuple(_MODEL_BUILDERS)  # the registry of nslab.models: a new model shows up here
 METHODS = tuple(_METHOD_CLASSES)  # the registry of nslab.methods: a new method class shows up here
 BLOG_METHODS = ("none", "frobenius", "spectral")
+CONV_NORMS = ("reshape", "operator")
 DEVICES = ("auto", "cpu", "cuda")
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 # Bounds that catch typos before a process tries to allocate them (an MLP of width 65536 is 4e9 weights
@@ -72,7 +73,9 @@ class RunConfig:
     power_iters: int = _f(2, "iterations per optimizer step (warm: block iterations, cold: the seed used 500)")
     warm_start: bool = _f(True, "keep singular vectors between steps (False: fresh random, as the seed)")
     power_tol: float = _f(0.0, "> 0: stop iterating once sigma changes by less (costs a host sync)")
-    power_block: int = _f(32, "warm start: vectors tracked per layer (block iteration, see nslab.scaling)")
+    power_block: int = _f(32, "warm start: vectors tracked per layer (block iteration, see nslab.estimators)")
+    conv_norm: str = _f("reshape", "convs: reshape (the blog: the (out, in*kh*kw) matrix) or operator (the conv's "
+                                   "operator norm, spectral and spectral_cap)")
     cuda_graph: bool = _f(False, "capture the scaling step as a CUDA graph (CUDA, warm start only)")
     # optimisation (seed recipe)
     epochs: int = _f(200, "training epochs (raise it to extend a finished run)")
@@ -97,6 +100,7 @@ class RunConfig:
     out_dir: str = _f("outputs", "run folders go to out_dir/<name>/", resumable=True, configuration=False,
                       location=True)
     spectra_every: int = _f(10, "full singular values every N epochs (and at epoch 0 and the end)")
+    op_spectra_every: int = _f(0, "convs: the full operator spectrum every N epochs (0: never; it is large)")
     checkpoint_every: int = _f(10, "checkpoint every N epochs (and at the end)")
     rank_rtol: float = _f(1e-3, "numerical rank counts sigma_i > rank_rtol * sigma_1")
     rank_method: str = _f("gram", "exact singular values: gram (eigvalsh in float64, cheapest) or svd (svdvals)")
@@ -133,7 +137,14 @@ class RunConfig:
         if method.needs_block and not self.warm_start:
             raise ValueError(f"method={self.method!r} is not allowed with warm_start=False: it corrects the Ritz "
                              f"values of the warm block")
-        for name in ("train_subset", "test_subset", "seed"):
+        _choice("conv_norm", self.conv_norm, CONV_NORMS)
+        if self.conv_norm == "operator" and not method.operator_norm:
+            raise ValueError(f"conv_norm='operator' is not allowed with method={self.method!r}: only "
+                             f"{[n for n, m in _METHOD_CLASSES.items() if m.operator_norm]} correct a conv's operator")
+        if self.conv_norm == "operator" and not self.warm_start:
+            raise ValueError("conv_norm='operator' is not allowed with warm_start=False: the operator's top triple "
+                             "is tracked by a warm block")
+        for name in ("train_subset", "test_subset", "seed", "op_spectra_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not allowed: must be >= 0")
         if self.seed > MAX_SEED:

@@ -53,7 +53,11 @@ def spectral_targets(weights: list[torch.Tensor], rule: str = "per_layer") -> li
 
 @dataclass
 class Options:
-    """What a method may use besides the weights (from RunConfig / NormScaler's arguments)."""
+    """What a method may use besides the weights (from RunConfig / NormScaler's arguments).
+
+    ``geometry``: for ``conv_norm="operator"``, the conv weights' ConvGeometry by name
+    (nslab.conv_spectra.conv_geometry); ``names`` are the weights' names, in order.
+    """
 
     targets: str = "per_layer"
     power_iters: int = 2
@@ -62,6 +66,10 @@ class Options:
     block_size: int = 32
     warmup_iters: int = 100
     generator: torch.Generator | None = None
+    conv_norm: str = "reshape"
+    geometry: dict | None = None
+    names: list[str] | None = None
+    seed: int = 0
 
 
 METHODS: dict[str, type["Method"]] = {}
@@ -79,6 +87,7 @@ class Method:
     name: ClassVar[str] = ""
     target_norm: ClassVar[str | None] = "spectral"
     uses_estimator: ClassVar[bool] = False  # corrects from an estimate of the top triple (see _Corrected)
+    operator_norm: ClassVar[bool] = False  # can correct a conv's operator norm (conv_norm="operator")
     needs_block: ClassVar[bool] = False  # uses the warm block (warm_start=True)
     syncs_host: ClassVar[bool] = False  # project_ reads a value on the host: no CUDA-graph capture
     in_forward: ClassVar[bool] = False  # applied in the forward pass (a parametrization), not after the step
@@ -145,7 +154,12 @@ class Frobenius(Method):
 
 
 class _Corrected(Method):
-    """Methods that correct the top of the spectrum from an estimate (block iteration or the seed's)."""
+    """Methods that correct the top of the spectrum from an estimate (block iteration or the seed's).
+
+    With ``conv_norm="operator"`` (``spectral`` and ``spectral_cap``), conv weights are corrected as
+    operators instead: a warm ConvTopTriple per conv and nslab.conv_operator's first-order step,
+    which for a 1x1 conv is exactly the matrix step; other weights keep the matrix step.
+    """
 
     uses_estimator: ClassVar[bool] = True
 
@@ -154,8 +168,25 @@ class _Corrected(Method):
         o = options
         if self.needs_block and not o.warm_start:
             raise ValueError(f"method={self.name!r} is not allowed with warm_start=False: it uses the warm block")
-        self.estimator = (BlockEstimator(weights, o.block_size, o.power_iters, o.warmup_iters, o.tol, o.generator)
+        self.operators = self._operators(weights, o)  # index -> ConvTopTriple
+        matrices = [w for i, w in enumerate(weights) if i not in self.operators]
+        self.matrix_index = [i for i in range(len(weights)) if i not in self.operators]
+        self.estimator = (BlockEstimator(matrices, o.block_size, o.power_iters, o.warmup_iters, o.tol, o.generator)
                           if o.warm_start else SeedEstimator(o.power_iters, o.generator))
+
+    def _operators(self, weights, o: Options) -> dict:
+        if o.conv_norm == "reshape":
+            return {}
+        if o.conv_norm != "operator" or not self.operator_norm:
+            raise ValueError(f"conv_norm={o.conv_norm!r} is not allowed with method={self.name!r}")
+        if not o.warm_start:
+            raise ValueError("conv_norm='operator' is not allowed with warm_start=False")
+        if o.geometry is None or o.names is None:
+            raise ValueError("conv_norm='operator' needs the convs' geometry (NormScaler(..., model=model))")
+        from .conv_operator import ConvTopTriple
+
+        return {i: ConvTopTriple(w, o.geometry[name], "circular", seed=o.seed + i)
+                for i, (name, w) in enumerate(zip(o.names, weights)) if name in o.geometry and w.dim() == 4}
 
     def capturable(self) -> bool:  # the seed's estimate and tol > 0 read values on the host
         return super().capturable() and self.options.warm_start and self.options.tol <= 0
@@ -164,36 +195,54 @@ class _Corrected(Method):
         self.estimate_sigmas(weights)  # reads the weights and the block, commits nothing
 
     def project_(self, weights):
-        mats = [matrix_view(w) for w in weights]
+        for i, est in self.operators.items():
+            est.project_(self.target_t[i], iters=self.options.power_iters, one_sided=self.one_sided)
+        if not self.matrix_index:
+            return
+        mats = [matrix_view(weights[i]) for i in self.matrix_index]
         top, blocks = self.estimator.top(mats)
-        for mat, t, (sigma, u, v) in zip(mats, self.target_t, top):
-            mat.addr_(u * self.step_size(t, sigma), v)
+        for i, mat, (sigma, u, v) in zip(self.matrix_index, mats, top):
+            mat.addr_(u * self.step_size(self.target_t[i], sigma), v)
         self.estimator.commit(blocks)
+
+    one_sided: ClassVar[bool] = False
 
     def step_size(self, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def estimate_sigmas(self, weights):
-        mats = [matrix_view(w) for w in weights]
+        """sigma_1 as the next step estimates it: of the matrix, or of the operator for operator-corrected convs."""
+        out = [float("nan")] * len(weights)
+        for i, est in self.operators.items():
+            out[i] = float(est.estimate(self.options.power_iters, commit=False)[0])
+        mats = [matrix_view(weights[i]) for i in self.matrix_index]
+        if not mats:
+            return out
         if isinstance(self.estimator, SeedEstimator):  # a separate stream: probing must not shift training's
-            probe = torch.Generator(device=mats[0].device).manual_seed(12345) if mats else None
-            top, _ = self.estimator.top(mats, probe)
+            top, _ = self.estimator.top(mats, torch.Generator(device=mats[0].device).manual_seed(12345))
         else:
             top, _ = self.estimator.top(mats)
-        return [float(s) for s, _, _ in top]
+        for i, (s, _, _) in zip(self.matrix_index, top):
+            out[i] = float(s)
+        return out
 
     def state_dict(self):
-        return self.estimator.state_dict()
+        state = self.estimator.state_dict()
+        if self.operators:
+            state["operators"] = {i: est.state_dict() for i, est in self.operators.items()}
+        return state
 
     def load_state_dict(self, state, weights):
-        self.estimator.load_state_dict(state, weights)
+        self.estimator.load_state_dict(state, [weights[i] for i in self.matrix_index])
+        for i, est in self.operators.items():
+            est.load_state_dict(state["operators"][i])
 
 
 @register
 class Spectral(_Corrected):
     """The blog's step: sigma_1 goes to t along (u_1, v_1), up or down; sigma_2 > t stays for the next step."""
 
-    name = "spectral"
+    name, operator_norm = "spectral", True
 
     def step_size(self, t, sigma):
         return t - sigma
@@ -203,7 +252,7 @@ class Spectral(_Corrected):
 class SpectralCap(_Corrected):
     """One-sided: lowers sigma_1 to t where it is above, never raises it."""
 
-    name = "spectral_cap"
+    name, operator_norm, one_sided = "spectral_cap", True, True
 
     def step_size(self, t, sigma):
         return (t - sigma).clamp_max(0)

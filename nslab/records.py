@@ -7,6 +7,7 @@
 * ``layers.csv``: ``epoch, layer, shape, sigma_max, frobenius, stable_rank,
   effective_rank, numerical_rank, target, power_iter_rel_err`` (epoch 0 = before training);
 * ``spectra.parquet``: ``epoch, layer, index, sigma`` (long format);
+* ``op_spectra.parquet``: the same for conv layers as operators, where ``op_spectra_every`` asks;
 * ``checkpoints/epoch_NNNN.pt``;
 * ``status.json``: ``{"status": running|completed|failed|diverged|interrupted, "message": ..., "epoch": ...}``
   (``epoch``: the last epoch whose rows are recorded).
@@ -103,6 +104,7 @@ class RunRecorder:
     epochs: list[dict] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
     spectra: list[pd.DataFrame] = field(default_factory=list)
+    op_spectra: list[pd.DataFrame] = field(default_factory=list)
 
     def path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
@@ -120,22 +122,30 @@ class RunRecorder:
         self.epochs.append(row)
         write_table(self.path("epochs.csv"), pd.DataFrame(self.epochs, columns=EPOCH_COLUMNS))
 
-    def add_layers(self, rows: list[dict], spectra: pd.DataFrame | None = None) -> None:
+    def add_layers(self, rows: list[dict], spectra: pd.DataFrame | None = None,
+                   op_spectra: pd.DataFrame | None = None) -> None:
         for row in rows:
             _known(row, LAYER_COLUMNS, "layers.csv")
         self.layers.extend(rows)
         write_table(self.path("layers.csv"), pd.DataFrame(self.layers, columns=LAYER_COLUMNS))
-        if spectra is not None:
-            self.spectra.append(spectra)
-            write_table(self.path("spectra.parquet"), pd.concat(self.spectra, ignore_index=True))
+        for table, name, new in ((self.spectra, "spectra.parquet", spectra),
+                                 (self.op_spectra, "op_spectra.parquet", op_spectra)):
+            if new is not None:
+                table.append(new)
+                write_table(self.path(name), pd.concat(table, ignore_index=True))
+
+    def add_probe(self, probe) -> None:
+        """The tables of one probe epoch (nslab.probing.Probe)."""
+        self.add_layers(probe.rows, probe.spectra, probe.op_spectra)
 
     def clear(self) -> None:
         """Start the tables afresh (a restart with no checkpoint to resume from)."""
-        self.epochs, self.layers, self.spectra = [], [], []
+        self.epochs, self.layers, self.spectra, self.op_spectra = [], [], [], []
         write_table(self.path("epochs.csv"), pd.DataFrame(columns=EPOCH_COLUMNS))
         write_table(self.path("layers.csv"), pd.DataFrame(columns=LAYER_COLUMNS))
-        if os.path.exists(self.path("spectra.parquet")):
-            os.remove(self.path("spectra.parquet"))
+        for name in ("spectra.parquet", "op_spectra.parquet"):
+            if os.path.exists(self.path(name)):
+                os.remove(self.path(name))
 
     def resume_from(self, run: "Run", epoch: int) -> None:
         """Take the tables of ``run`` (this folder read back), keeping rows up to ``epoch`` (the checkpoint's)."""
@@ -143,6 +153,8 @@ class RunRecorder:
         self.layers = run.layers[run.layers.epoch <= epoch].to_dict("records")
         kept = run.spectra[run.spectra.epoch <= epoch]
         self.spectra = [kept] if len(kept) else []
+        kept = run.op_spectra[run.op_spectra.epoch <= epoch]
+        self.op_spectra = [kept] if len(kept) else []
 
 
 def final_rows(epochs: pd.DataFrame, by: str = "run") -> pd.DataFrame:
@@ -166,6 +178,7 @@ class Run:
     epochs: pd.DataFrame
     layers: pd.DataFrame
     spectra: pd.DataFrame
+    op_spectra: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SPECTRA_COLUMNS))
 
     @property
     def name(self) -> str:
@@ -192,4 +205,5 @@ def load_run(run_dir: str) -> Run:
         epochs=_read_or_empty(os.path.join(run_dir, "epochs.csv"), EPOCH_COLUMNS, pd.read_csv),
         layers=_read_or_empty(os.path.join(run_dir, "layers.csv"), LAYER_COLUMNS, pd.read_csv),
         spectra=_read_or_empty(os.path.join(run_dir, "spectra.parquet"), SPECTRA_COLUMNS, pd.read_parquet),
+        op_spectra=_read_or_empty(os.path.join(run_dir, "op_spectra.parquet"), SPECTRA_COLUMNS, pd.read_parquet),
     )

@@ -39,11 +39,13 @@ def check_data(run_dir: str, old: dict, fingerprint: dict) -> None:
                 f"(from {fingerprint.get('source')!r}); resume with the original data_dir, or start a new run")
 
 
-def missing_rows(run: Run, epoch: int, spectra_every: int, final_epochs: set[int]) -> list[str]:
+def missing_rows(run: Run, epoch: int, spectra_every: int, final_epochs: set[int],
+                 op_spectra_every: int = 0) -> list[str]:
     """What the tables lack for a resume from the checkpoint of ``epoch`` (empty: complete).
 
     epochs.csv needs rows 1..epoch; layers.csv every layer at 0..epoch; spectra.parquet epoch 0, every
-    ``spectra_every``-th epoch and any earlier final epoch (``final_epochs``: runs that were extended).
+    ``spectra_every``-th epoch and any earlier final epoch (``final_epochs``: runs that were extended);
+    op_spectra.parquet the same for ``op_spectra_every`` where it is on and the run has conv layers.
     """
     problems = []
     have = set(run.epochs.epoch.astype(int)) if len(run.epochs) else set()
@@ -59,11 +61,16 @@ def missing_rows(run: Run, epoch: int, spectra_every: int, final_epochs: set[int
         lost = sorted(e for e in range(0, epoch + 1) if per_epoch.get(e, 0) < len(names))
         if lost:
             problems.append(f"layers.csv lacks rows at epoch(s) {_span(lost)}")
-    wanted = {0} | {e for e in range(spectra_every, epoch + 1, spectra_every)} | {e for e in final_epochs if e <= epoch}
-    have = set(run.spectra.epoch.astype(int)) if len(run.spectra) else set()
-    lost = sorted(wanted - have)
-    if lost:
-        problems.append(f"spectra.parquet lacks epoch(s) {_span(lost)}")
+    has_convs = len(layers) and layers.op_sigma_max.notna().any()
+    for table, every, name in ((run.spectra, spectra_every, "spectra.parquet"),
+                               (run.op_spectra, op_spectra_every if has_convs else 0, "op_spectra.parquet")):
+        if every <= 0:
+            continue
+        wanted = {0} | set(range(every, epoch + 1, every)) | {e for e in final_epochs if e <= epoch}
+        have = set(table.epoch.astype(int)) if len(table) else set()
+        lost = sorted(wanted - have)
+        if lost:
+            problems.append(f"{name} lacks epoch(s) {_span(lost)}")
     return problems
 
 

@@ -40,13 +40,19 @@ class NormScaler:
         block_size: vectors per block (>= 1; capped at min(d_out, d_in) per layer).
         warmup_iters: block iterations of the first step (from a random block).
         cuda_graph: capture the step as a CUDA graph after the first step (CUDA only).
-        model: the model the weights belong to; needed by methods that live in its forward pass.
+        model: the model the weights belong to; needed by methods that live in its forward pass, and
+            for ``conv_norm="operator"`` (to find the input size each conv sees).
+        conv_norm: ``"reshape"`` (convs as (out, in*kh*kw) matrices, the blog's) or ``"operator"``
+            (``spectral``/``spectral_cap`` correct a conv's operator norm, circular padding).
+        geometry: the convs' geometry (nslab.conv_spectra.conv_geometry), if already known.
+        image_size: the input images' size, to find the geometry from ``model``.
     """
 
     def __init__(self, params, method: str = "spectral", targets: str = "per_layer",
                  power_iters: int = 2, warm_start: bool = True, tol: float = 0.0, seed: int = 0,
                  block_size: int = 32, warmup_iters: int = 100, cuda_graph: bool = False,
-                 model: nn.Module | None = None):
+                 model: nn.Module | None = None, conv_norm: str = "reshape", geometry: dict | None = None,
+                 image_size: int = 32):
         if method not in METHODS:
             raise ValueError(f"method={method!r} is not allowed: choose one of {list(METHODS)}")
         for name, value in (("power_iters", power_iters), ("block_size", block_size), ("warmup_iters", warmup_iters)):
@@ -60,7 +66,14 @@ class NormScaler:
         device = self.weights[0].device if self.weights else torch.device("cpu")
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
-        options = Options(targets, power_iters, warm_start, tol, block_size, warmup_iters, self.generator)
+        if conv_norm == "operator" and geometry is None:
+            if model is None:
+                raise ValueError("conv_norm='operator' needs model=... (the input size each conv sees)")
+            from .conv_spectra import conv_geometry
+
+            geometry = conv_geometry(model, image_size)
+        options = Options(targets, power_iters, warm_start, tol, block_size, warmup_iters, self.generator,
+                          conv_norm, geometry, self.names, seed)
         with torch.no_grad():
             self.method = _methods.build(method, [w.detach() for w in self.weights], options)
         self.cuda_graph = cuda_graph
@@ -90,6 +103,11 @@ class NormScaler:
     def target_norm(self) -> str | None:
         """What ``targets`` bound: "spectral", "frobenius" or None (recorded in config.json)."""
         return self.method.target_norm
+
+    @property
+    def operator_layers(self) -> set[str]:
+        """Names of the conv weights whose operator norm the method corrects (conv_norm="operator")."""
+        return {self.names[i] for i in getattr(self.method, "operators", {})}
 
     def probe_weights(self) -> list[torch.Tensor]:
         """The weights the model computes with (the effective weight of a parametrization)."""
@@ -154,10 +172,11 @@ class NormScaler:
         self._graph = None  # a captured graph points at the old buffers
 
 
-def make_scaler(model: nn.Module, config) -> NormScaler:
+def make_scaler(model: nn.Module, config, geometry: dict | None = None) -> NormScaler:
     """The scaler a RunConfig asks for (built right after init, before the optimizer)."""
     from .models import scaled_parameters
 
     return NormScaler(scaled_parameters(model, config.scale_rule), method=config.method, targets=config.targets,
                       power_iters=config.power_iters, warm_start=config.warm_start, tol=config.power_tol,
-                      seed=config.seed, block_size=config.power_block, cuda_graph=config.cuda_graph, model=model)
+                      seed=config.seed, block_size=config.power_block, cuda_graph=config.cuda_graph, model=model,
+                      conv_norm=config.conv_norm, geometry=geometry)

@@ -16,17 +16,17 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import pandas as pd
 import torch
 from torch import nn
 
 from ._version import __version__
 from .checkpoint import load_latest, save_checkpoint
 from .config import RunConfig, arch_name
+from .conv_spectra import conv_geometry
 from .data import ARRAY_FILE, NUM_CLASSES, Split, batches, load_cifar100
-from .models import build_model, init_orthogonal_, scaled_parameters
-from .probes import layer_stats, singular_values, target_excess
 from .locks import exclusive
+from .models import build_model, init_orthogonal_, scaled_parameters
+from .probing import probe_layers
 from .progress import Progress
 from .records import Run, RunRecorder, load_run, read_json, read_status
 from .resume import check_data, check_settings, missing_rows, remove_orphans
@@ -51,6 +51,7 @@ class Session:
     generator: torch.Generator  # shuffling and augmentation
     train: Split
     test: Split
+    geometry: dict  # conv weight name -> ConvGeometry (the input size each conv sees); {} for an MLP
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -99,13 +100,15 @@ def build_session(config: RunConfig) -> Session:
     model.to(device)
     if _channels_last(config, device):
         model.to(memory_format=torch.channels_last)
-    scaler = make_scaler(model, config)  # before the optimizer: a parametrization re-registers the weights
+    geometry = conv_geometry(model, train_split.x.shape[-1])  # before a parametrization renames the weights
+    scaler = make_scaler(model, config, geometry)  # before the optimizer: a parametrization re-registers weights
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     # The compiled wrapper shares the model's parameters, so the scaler and checkpoints use `model`.
     forward = torch.compile(model) if config.compile else model
-    return Session(config, device, model, forward, optimizer, scheduler, scaler, generator, train_split, test_split)
+    return Session(config, device, model, forward, optimizer, scheduler, scaler, generator, train_split, test_split,
+                   geometry)
 
 
 def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -171,32 +174,6 @@ def evaluate(s: Session, augmented: bool | None = None) -> dict:
         correct += (logits.argmax(1) == y).sum()
     n = len(s.test)
     return {"test_loss": float(loss_sum) / n, "test_acc": float(correct) / n}
-
-
-@torch.no_grad()
-def probe_layers(s: Session, epoch: int, with_spectra: bool) -> tuple[list[dict], pd.DataFrame | None]:
-    """One ``layers.csv`` row per scaled weight, and the long-format spectra when asked.
-
-    Rows describe the weight the model computes with (the effective weight of a parametrization);
-    ``power_iter_rel_err`` compares the method's estimate with the exact sigma_max of the weight it
-    estimates; ``n_above_target`` and ``excess`` are measured where the target is a spectral norm.
-    """
-    scaler = s.scaler
-    estimates = scaler.estimate_sigmas()
-    spectral = scaler.target_norm == "spectral"
-    rows, spectra = [], []
-    for name, raw, w, target, est in zip(scaler.names, scaler.weights, scaler.probe_weights(), scaler.targets,
-                                         estimates):
-        row, sv = layer_stats(w, s.config.rank_rtol, s.config.rank_method)
-        exact = row["sigma_max"] if w is raw or not math.isfinite(est) else \
-            float(singular_values(raw.detach(), s.config.rank_method)[0])
-        rows.append({"epoch": epoch, "layer": name, **row, "target": target,
-                     "power_iter_rel_err": abs(est - exact) / exact if math.isfinite(est) and exact > 0 else float("nan"),
-                     **(target_excess(sv, target) if spectral else {})})
-        if with_spectra:
-            values = sv.double().cpu().numpy()
-            spectra.append(pd.DataFrame({"epoch": epoch, "layer": name, "index": range(len(values)), "sigma": values}))
-    return rows, (pd.concat(spectra, ignore_index=True) if with_spectra else None)
 
 
 def provenance(config: RunConfig, device: torch.device) -> dict:
@@ -295,7 +272,7 @@ def _train(session: Session, log: Callable[[str], None], progress: bool | None) 
                 log(f"{config.run_name}: extending from {epoch} to {config.epochs} epochs (the learning-rate "
                     f"schedule continues: milestones {list(config.milestones)})")
             run = load_run(run_dir)
-            missing = missing_rows(run, epoch, config.spectra_every, set(finals))
+            missing = missing_rows(run, epoch, config.spectra_every, set(finals), config.op_spectra_every)
             if missing:
                 raise ValueError(f"run folder {run_dir!r} cannot resume from its checkpoint of epoch {epoch}: "
                                  f"{'; '.join(missing)}. Restore those files, or delete the folder to start afresh")
@@ -313,7 +290,7 @@ def _train(session: Session, log: Callable[[str], None], progress: bool | None) 
     done = start - 1  # the last epoch whose rows are recorded
     try:
         if start == 1:
-            recorder.add_layers(*probe_layers(session, 0, with_spectra=True))
+            recorder.add_probe(probe_layers(session, 0, True, config.op_spectra_every > 0))
         for epoch in range(start, config.epochs + 1):
             _run_epoch(session, recorder, epoch, say, bars)
             done = epoch
@@ -362,6 +339,8 @@ def _run_epoch(s: Session, recorder: RunRecorder, epoch: int, log: Callable[[str
     if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
         raise Diverged(f"non-finite loss at epoch {epoch} (train {row['train_loss']}, test {row['test_loss']})")
     last = epoch == cfg.epochs
-    recorder.add_layers(*probe_layers(s, epoch, with_spectra=last or epoch % cfg.spectra_every == 0))
+    op_every = cfg.op_spectra_every
+    recorder.add_probe(probe_layers(s, epoch, last or epoch % cfg.spectra_every == 0,
+                                    op_every > 0 and (last or epoch % op_every == 0)))
     if last or epoch % cfg.checkpoint_every == 0:
         save_checkpoint(recorder.run_dir, epoch, s.state_dict())
