@@ -14,14 +14,13 @@ import numpy as np
 import pandas as pd
 
 from .analysis import Study, layer_spread, summary_table, target_norm
-from .config import arch_name
+from .config import BLOG_METHODS, arch_name
 from .presets import ARCHITECTURES, PAPER
 
 BLOG_SOURCE = ("P. Hess and A. Hutchison, \"Exploring Frobenius and Spectral Normalization in MLPs and "
                "Residual Networks\", MIT deep learning blog, December 2023: final results at epoch 200 on the "
                "CIFAR-100 test set, and the spectral-norm statistics quoted for the 5x2000 MLP "
                "(as transcribed in shared/seed/NOTES.md).")
-BLOG_METHODS = ("none", "frobenius", "spectral")
 BLOG_FINAL = pd.DataFrame(
     [("mlp5x2000", "none", 25.12, 10.86), ("mlp5x2000", "frobenius", 28.23, 4.47), ("mlp5x2000", "spectral", 23.21, 3.53),
      ("mlp7x4000", "none", 23.95, 11.00), ("mlp7x4000", "frobenius", 26.62, 6.10), ("mlp7x4000", "spectral", 36.25, 2.63),
