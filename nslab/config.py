@@ -61,13 +61,14 @@ class RunConfig:
     name: str = _f("", "run folder name under out_dir, empty: derived from the config", resumable=True,
                    configuration=False, location=True)
     # model
-    model: str = _f("mlp", ", ".join(MODELS), named=True)
+    model: str = _f("mlp", "mlp or resnet18/34/50: any name in nslab.models.MODELS", named=True)
     depth: int = _f(5, "MLP: number of Linear layers", named=True)
     width: int = _f(2000, "MLP: hidden width", named=True)
     scale_rule: str = _f("all", "all: every weight of 2 or more dims; seed: skip bn, bias, downsample; "
                                 "layers: Linear and Conv weights only")
     # norm scaling (applied after every optimizer step)
-    method: str = _f("none", ", ".join(METHODS) + " (see nslab.methods)", named=True)
+    method: str = _f("none", "none, frobenius, spectral (the blog's), or any name in nslab.methods.METHODS",
+                     named=True)
     targets: str = _f("per_layer", "spectral targets: per_layer sqrt(d_out/d_in), first_layer (the seed code), "
                                    "channels sqrt(c_out/c_in) for convs")
     power_iters: int = _f(2, "iterations per optimizer step (warm: block iterations, cold: the seed used 500)")

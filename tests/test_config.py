@@ -62,7 +62,7 @@ def test_every_method_is_a_choice_everywhere():
 
     assert METHODS == tuple(REGISTRY) and len(METHODS) == 8
     help_line = next(line for line in parameters_source().splitlines() if line.startswith("method:"))
-    assert all(m in help_line for m in METHODS)
+    assert "nslab.methods.METHODS" in help_line  # names the registry: a new method needs no new notebook
     for m in METHODS:
         assert RunConfig(method=m).method == m
     assert {f.name for f in fields(RunConfig)} >= {"weight_decay"}
