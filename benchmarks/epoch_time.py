@@ -32,7 +32,7 @@ from nslab.models import scaled_parameters  # noqa: E402
 from nslab.scaling import NormScaler  # noqa: E402
 from nslab.training import build_session, evaluate, probe_layers, train_one_epoch  # noqa: E402
 
-from step_overhead import METHODS, _cpu_name, _sync, model_fields  # noqa: E402
+from nslab.bench import VARIANTS as METHODS, cpu_name as _cpu_name, model_fields, sync as _sync  # noqa: E402
 
 FULL_TRAIN, FULL_TEST, EPOCHS, GRID_METHODS = 50_000, 10_000, 200, ("none", "frobenius", "spectral")
 

@@ -40,7 +40,8 @@ from nslab.heavy_tail import fit_alpha  # noqa: E402
 from nslab.models import init_orthogonal_, scaled_parameters  # noqa: E402
 from nslab.probes import singular_values  # noqa: E402
 
-from step_overhead import _cpu_name, _sync, parse_model  # noqa: E402
+from nslab.bench import cpu_name as _cpu_name, model_fields, sync as _sync  # noqa: E402
+from nslab.models import build_model  # noqa: E402
 
 
 def timed(fn, device, repeats):
@@ -61,7 +62,7 @@ def timed(fn, device, repeats):
 
 
 def load_model(name: str, checkpoint: str, device: torch.device) -> torch.nn.Module:
-    model = parse_model(name)
+    model = build_model(**model_fields(name))
     init_orthogonal_(scaled_parameters(model), torch.Generator().manual_seed(1))
     if checkpoint:
         model.load_state_dict(load_checkpoint(checkpoint)["model"])
@@ -133,7 +134,7 @@ def alpha_costs(models: list[str], device: torch.device, repeats: int) -> list[d
         powerlaw = None
     rows = []
     for name in models:
-        model = parse_model(name).to(device)  # PyTorch's default init: spectra with a spread
+        model = build_model(**model_fields(name)).to(device)  # PyTorch's default init: spectra with a spread
         for layer, w in scaled_parameters(model):
             sv = singular_values(w, "gram")
             seconds, fit = timed(lambda: fit_alpha(sv), device, repeats)

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from nslab.probes import singular_values  # noqa: E402
 
-from step_overhead import _cpu_name, _sync  # noqa: E402
+from nslab.bench import cpu_name as _cpu_name, sync as _sync  # noqa: E402
 
 
 def main(argv=None) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Command line: ``python -m nslab run ...``, ``presets``, ``sweep`` (nslab.sweep) and ``report`` (nslab.report).
+"""Command line: ``python -m nslab run ...``, ``presets``, ``sweep`` (nslab.sweep), ``report`` (nslab.report)
+and ``bench`` (nslab.bench).
 
 Every RunConfig field is an option of ``run`` (``--width 256``); values are
 validated by RunConfig itself, so the command line and papermill reject the
@@ -68,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("presets", help="list the named presets")
     p.add_argument("--yaml", metavar="NAME", default="",
                    help="print one preset as YAML (papermill -f FILE, or a grid's base)")
-    from . import report, sweep
+    from . import bench, report, sweep
 
     sweep.add_parser(sub)
     report.add_parser(sub)
+    bench.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return _cmd_run(args)

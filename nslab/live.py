@@ -75,15 +75,13 @@ def refresh_study(study: Study, watch: FolderWatch) -> tuple[Study, list[str]]:
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
     """The event loop running this code (a Jupyter kernel's), or None (a plain script, a test)."""
+    # Only the loop running this very code: a Jupyter kernel runs cells and widget callbacks inside
+    # its loop. A loop that merely runs in this thread elsewhere (playwright's sync API keeps one
+    # between calls) would never get to run a callback scheduled on it while this code waits.
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
-        pass
-    try:  # a Jupyter kernel between cells: its loop runs but is not "running" in this frame
-        loop = asyncio.get_event_loop()
-    except RuntimeError:
         return None
-    return loop if loop.is_running() else None
 
 
 class Debounce:

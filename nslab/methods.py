@@ -70,6 +70,7 @@ class Options:
     geometry: dict | None = None
     names: list[str] | None = None
     seed: int = 0
+    capture: bool = False  # the step will be captured as a CUDA graph: no host syncs (no eigh)
 
 
 METHODS: dict[str, type["Method"]] = {}
@@ -171,7 +172,8 @@ class _Corrected(Method):
         self.operators = self._operators(weights, o)  # index -> ConvTopTriple
         matrices = [w for i, w in enumerate(weights) if i not in self.operators]
         self.matrix_index = [i for i in range(len(weights)) if i not in self.operators]
-        self.estimator = (BlockEstimator(matrices, o.block_size, o.power_iters, o.warmup_iters, o.tol, o.generator)
+        self.estimator = (BlockEstimator(matrices, o.block_size, o.power_iters, o.warmup_iters, o.tol, o.generator,
+                                         ritz_blocks=not o.capture)
                           if o.warm_start else SeedEstimator(o.power_iters, o.generator))
 
     def _operators(self, weights, o: Options) -> dict:
@@ -260,11 +262,11 @@ class SpectralCap(_Corrected):
 
 @register
 class SpectralTopK(_Corrected):
-    """Every Ritz value of the tracked block above t set to t in one rank-k update (k = power_block);
-    Ritz values below t are untouched. With an exact invariant block this is the top-k singular
-    values above t set to t, the rest unchanged."""
+    """Each of the top k Ritz values (k = power_block) above t set to t in one rank-k update; Ritz
+    values below t are untouched. With an exact invariant block this is the top-k singular values
+    above t set to t, the rest unchanged."""
 
-    name, needs_block, syncs_host = "spectral_topk", True, True  # eigh of the k x k Ritz matrix may sync
+    name, needs_block, syncs_host = "spectral_topk", True, True  # eigh of the small Ritz matrix may sync
 
     def project_(self, weights):
         mats = [matrix_view(w) for w in weights]

@@ -99,8 +99,40 @@ def config_from_namespace(namespace: Mapping[str, Any], before: set[str]) -> Run
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
 
 
+SWEEP_PARENT = "NSLAB_SWEEP_PARENT"  # set by a sweep's worker for the kernel it starts: the worker's pid
+PARENT_POLL_S = 0.1
+
+
+def die_with_sweep_worker() -> bool:
+    """In a kernel a sweep started, end this process as soon as the worker that started it is gone.
+
+    A cancelled SLURM job, a cancelled Ray task or a killed local worker takes papermill with it, but
+    Jupyter starts kernels in their own session, out of reach of the job's signals; ipykernel notices
+    an orphaned kernel only when it is re-parented to pid 1 (not to a job step or a subreaper). An
+    orphan would keep training and checkpointing into a run folder that the resubmitted run is about
+    to take. Returns whether the watch was armed.
+    """
+    expected = os.environ.get(SWEEP_PARENT, "")
+    if not expected.isdigit() or os.getppid() != int(expected):
+        return False
+    import signal
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == int(expected):
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGKILL)  # checkpoints and tables are replaced atomically: nothing is half-written
+
+    threading.Thread(target=watch, name="nslab-sweep-parent", daemon=True).start()
+    return True
+
+
 def setup() -> None:
     """In a notebook kernel, show nslab's refusals as one line, message first (no-op elsewhere).
+
+    In a kernel started by a sweep, also end the kernel with the sweep's worker
+    (:func:`die_with_sweep_worker`).
 
     A refused value (``ValueError``), a missing file or a folder in use then prints
     ``ValueError: width='abc' is not allowed: expected an integer`` and where it was raised, instead
@@ -113,6 +145,7 @@ def setup() -> None:
     shell = get_ipython()
     if shell is None:
         return
+    die_with_sweep_worker()
     from .locks import FolderInUse
 
     def short(shell, etype, value, tb, tb_offset=None):

@@ -73,7 +73,7 @@ class NormScaler:
 
             geometry = conv_geometry(model, image_size)
         options = Options(targets, power_iters, warm_start, tol, block_size, warmup_iters, self.generator,
-                          conv_norm, geometry, self.names, seed)
+                          conv_norm, geometry, self.names, seed, capture=cuda_graph)
         with torch.no_grad():
             self.method = _methods.build(method, [w.detach() for w in self.weights], options)
         self.cuda_graph = cuda_graph

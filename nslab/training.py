@@ -134,6 +134,21 @@ def _autocast(session: Session):
     return contextlib.nullcontext()
 
 
+def train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+               scaler: NormScaler, x: torch.Tensor, y: torch.Tensor, bf16: bool = False):
+    """One training step: forward (bf16 autocast on CUDA if asked), cross-entropy, backward, the
+    optimizer's step, then the norm scaling. Returns (loss, logits), not synchronised with the host.
+    Training and the benchmarks (nslab.bench) time exactly this."""
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        logits = forward(x)
+        loss = nn.functional.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scaler.step()
+    return loss, logits
+
+
 def train_one_epoch(s: Session, on_batch: Callable[[], None] | None = None) -> dict:
     """One pass over the training set, scaling after every optimizer step; returns loss and accuracy."""
     s.model.train()
@@ -141,13 +156,7 @@ def train_one_epoch(s: Session, on_batch: Callable[[], None] | None = None) -> d
     correct = torch.zeros((), device=s.device, dtype=torch.long)
     cl = _channels_last(s.config, s.device)
     for x, y in batches(s.train, s.config.batch_size, s.generator, shuffle=True, augmented=True, channels_last=cl):
-        with _autocast(s):
-            logits = s.forward(x)
-            loss = nn.functional.cross_entropy(logits, y)
-        s.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        s.optimizer.step()
-        s.scaler.step()
+        loss, logits = train_step(s.forward, s.optimizer, s.scaler, x, y, s.config.bf16)
         # Accumulate on the device: one host sync per epoch, not per step.
         loss_sum += loss.detach().float() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()

@@ -63,6 +63,17 @@ def epochs_done(run_dir: str) -> int:
         return 0
 
 
+def run_released(run_dir) -> bool:
+    """No process holds the run folder's lock: whatever trained in it has ended."""
+    from nslab.locks import FolderInUse, exclusive
+
+    try:
+        with exclusive(str(run_dir)):
+            return True
+    except FolderInUse:
+        return False
+
+
 # -- a network namespace with a trap ------------------------------------------------------------
 class Trap:
     """The namespace's only way out: a veth pair whose far end no one answers on; every frame sent

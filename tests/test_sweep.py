@@ -1,6 +1,7 @@
 """Sweeps: grid files expand and validate before anything runs; papermill runs a tiny sweep that
 skips completed runs, resumes an interrupted one and isolates a failing one."""
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -66,6 +67,13 @@ def test_the_repository_grids_expand():
     assert {(c.model, c.depth if c.model == "mlp" else 0) for c in paper.configs} == {
         ("mlp", 5), ("mlp", 7), ("resnet34", 0), ("resnet50", 0)}
     assert len(seeds.configs) == 36 and {c.seed for c in seeds.configs} == {1, 2, 3}
+    fast = load_grid(os.path.join(root, "paper-mlp-fast.yaml"))
+    assert [(c.depth, c.width, c.method) for c in fast.configs] == [
+        (d, w, m) for d, w in ((5, 2000), (7, 4000)) for m in ("none", "frobenius", "spectral")]
+    assert all(c.warm_start and c.power_iters == 2 and c.epochs == 200 and c.targets == "first_layer"
+               for c in fast.configs)
+    for name in os.listdir(root):  # every shipped grid loads
+        load_grid(os.path.join(root, name))
 
 
 @pytest.mark.parametrize("text, message", [
@@ -218,6 +226,48 @@ def test_killing_the_sweep_kills_its_workers_and_kernels(tmp_path, data_dir):
             sweep.wait()
     with exclusive(str(out), ".sweep.lock", what="sweep folder"), exclusive(run_dir):
         pass
+
+
+def test_a_kernel_ends_with_the_worker_that_started_it(tmp_path):
+    """A worker killed under a subreaper (as a SLURM job step or a Ray raylet would be): its kernel,
+    started in its own session, is re-parented to the subreaper, not to pid 1, and must still end at once."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_CHILD_SUBREAPER = 36
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    pid_file = tmp_path / "kernel.pid"
+    kernel = ("import os, sys, time; from nslab.notebook import die_with_sweep_worker; "
+              f"armed = die_with_sweep_worker(); open({str(pid_file)!r}, 'w').write(f'{{os.getpid()}} {{armed}}'); "
+              "time.sleep(120)")
+    worker = ("import os, subprocess, sys, time; os.environ['NSLAB_SWEEP_PARENT'] = str(os.getpid()); "
+              f"subprocess.Popen([sys.executable, '-c', {kernel!r}], start_new_session=True); time.sleep(120)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", worker], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or " " not in pid_file.read_text():
+            assert time.monotonic() < deadline, "the kernel did not start"
+            time.sleep(0.05)
+        kernel_pid, armed = pid_file.read_text().split()
+        assert armed == "True"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 3
+        while _alive(int(kernel_pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(int(kernel_pid)), "the kernel outlived its worker"
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if pid_file.exists() and " " in pid_file.read_text():
+            orphan = int(pid_file.read_text().split()[0])
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(orphan, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):  # re-parented to this process: reap it
+                os.waitpid(orphan, 0)
 
 
 def _descendants(pid: int) -> list[int]:

@@ -50,6 +50,7 @@ def execute(task: RunTask) -> str | None:
     Never raises for a failing run: an engine must not mistake a run's failure for its own.
     """
     os.environ.update(task.env)  # the kernel inherits it: data dir, thread count, PYTHONPATH
+    os.environ["NSLAB_SWEEP_PARENT"] = str(os.getpid())  # the kernel ends with this process (nslab.notebook.setup)
     partial = os.path.join(task.run_dir, ".notebook.running.ipynb")
     final = os.path.join(task.run_dir, "notebook.ipynb")
     try:
