@@ -30,9 +30,9 @@ from nslab.config import RunConfig  # noqa: E402
 from nslab.data import write_synthetic  # noqa: E402
 from nslab.models import scaled_parameters  # noqa: E402
 from nslab.scaling import NormScaler  # noqa: E402
-from nslab.training import build_session, evaluate, probe_layers, train_one_epoch  # noqa: E402
+from nslab.training import build_session  # noqa: E402
 
-from nslab.bench import VARIANTS as METHODS, cpu_name as _cpu_name, model_fields, sync as _sync  # noqa: E402
+from nslab.bench import VARIANTS as METHODS, cpu_name as _cpu_name, model_fields, time_epoch as timed_epoch  # noqa: E402
 
 FULL_TRAIN, FULL_TEST, EPOCHS, GRID_METHODS = 50_000, 10_000, 200, ("none", "frobenius", "spectral")
 
@@ -44,17 +44,7 @@ def time_epoch(model: str, method: str, data_dir: str, args) -> dict:
                     rank_method=args.rank_method)
     s = build_session(cfg)
     s.scaler = NormScaler(scaled_parameters(s.model, cfg.scale_rule), seed=cfg.seed, **METHODS[method])
-    dev = s.device
-    times = {"train": [], "test": [], "probe": []}
-    for _ in range(args.epochs):  # the first epoch includes warm-up; the last one is reported
-        for key, fn in (("train", lambda: train_one_epoch(s)), ("test", lambda: evaluate(s)),
-                        ("probe", lambda: probe_layers(s, 1, with_spectra=False))):
-            _sync(dev)
-            t0 = time.perf_counter()
-            fn()
-            _sync(dev)
-            times[key].append(time.perf_counter() - t0)
-    train_s, test_s, probe_s = times["train"][-1], times["test"][-1], times["probe"][-1]
+    train_s, test_s, probe_s = timed_epoch(s, args.epochs)
     full = train_s * FULL_TRAIN / args.train_images + test_s * FULL_TEST / args.test_images
     return {"model": model, "method": method, "train_images": args.train_images, "test_images": args.test_images,
             "train_s": train_s, "test_s": test_s, "probe_s": probe_s, "full_epoch_s": full,

@@ -14,14 +14,14 @@ Sections, each on nslab's own models, data pipeline and training step (nslab.tra
 4. **projections**: the blog's 12-run grid (4 models x none/frobenius/spectral x 200 epochs) and
    the 6 MLP runs of ``grids/paper-mlp-fast.yaml``, from the epoch times.
 
-``--size full`` is the paper's sizes (for a GPU: about 5-8 minutes on an H100); ``--size tiny``
+``--size full`` is the paper's sizes (sized for under 8 minutes on an H100; never run on a GPU yet); ``--size tiny``
 runs every section at toy sizes in seconds (the tests run it, so the command cannot rot). Writes
 ``bench.json`` and ``bench.md`` (device, date, commit, the goals and whether each is met).
 """
 from __future__ import annotations
 
-import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -79,7 +79,7 @@ class Size:
 SIZES = {
     "full": Size(models=PAPER_MODELS, batches=(128, 512), methods=tuple(VARIANTS), steps=20, min_seconds=0.25,
                  rounds=3, warmup=3, epoch_models=PAPER_MODELS, epoch_methods=GRID_METHODS, epoch_batch=512,
-                 train_images=10_240, test_images=2_048, cluster_n=2000, cluster_steps=45),
+                 train_images=10_240, test_images=2_048, cluster_n=1024, cluster_steps=45),
     "cpu": Size(models=("mlp5x2000", "mlp3x512"), batches=(512, 128),
                 methods=tuple(v for v in VARIANTS if v != "spectral-seed500"), steps=6,
                 min_seconds=1.0, rounds=3, warmup=2, epoch_models=("mlp3x512",), epoch_methods=GRID_METHODS,
@@ -250,8 +250,7 @@ def epoch_times(models, methods, size: Size, device: torch.device, bf16: bool, c
     """Whole epochs through nslab's session (data on the device, augmentation there too), scaled to full size."""
     from .config import RunConfig
     from .data import write_synthetic
-    from .probing import probe_layers
-    from .training import build_session, evaluate, train_one_epoch
+    from .training import build_session
 
     folder = tempfile.mkdtemp(prefix="nslab-bench-")
     write_synthetic(os.path.join(folder, "cifar100_uint8.npz"), n_train=size.train_images, n_test=size.test_images)
@@ -262,16 +261,7 @@ def epoch_times(models, methods, size: Size, device: torch.device, bf16: bool, c
                             batch_size=size.epoch_batch, bf16=bf16, channels_last=channels_last,
                             rank_method="gram", out_dir=folder)
             s = build_session(cfg)
-            times = {"train": [], "test": [], "probe": []}
-            for _ in range(2):  # the first includes warm-up; the second is reported
-                for key, fn in (("train", lambda: train_one_epoch(s)), ("test", lambda: evaluate(s)),
-                                ("probe", lambda: probe_layers(s, 1, with_spectra=True))):
-                    sync(device)
-                    t0 = time.perf_counter()
-                    fn()
-                    sync(device)
-                    times[key].append(time.perf_counter() - t0)
-            train_s, test_s, probe_s = times["train"][-1], times["test"][-1], times["probe"][-1]
+            train_s, test_s, probe_s = time_epoch(s, epochs=2)
             full = train_s * FULL_TRAIN / size.train_images + test_s * FULL_TEST / size.test_images
             row = {"model": model, "method": method, "train_images": size.train_images, "train_s": train_s,
                    "test_s": test_s, "probe_s": probe_s, "epoch_s": full, "probe_pct": 100 * probe_s / full,
@@ -281,6 +271,23 @@ def epoch_times(models, methods, size: Size, device: torch.device, bf16: bool, c
                 f"{probe_s:.3f} s = {row['probe_pct']:.2f} %  200 epochs {row['run_200_epochs_min']:.1f} min")
             del s
     return rows
+
+
+def time_epoch(s, epochs: int = 2) -> tuple[float, float, float]:
+    """Seconds of (train, test, probes) of session ``s``'s last of ``epochs`` epochs (the first warms up)."""
+    from .probing import probe_layers
+    from .training import evaluate, train_one_epoch
+
+    times = {"train": [], "test": [], "probe": []}
+    for _ in range(epochs):
+        for key, fn in (("train", lambda: train_one_epoch(s)), ("test", lambda: evaluate(s)),
+                        ("probe", lambda: probe_layers(s, 1, with_spectra=True))):
+            sync(s.device)
+            t0 = time.perf_counter()
+            fn()
+            sync(s.device)
+            times[key].append(time.perf_counter() - t0)
+    return times["train"][-1], times["test"][-1], times["probe"][-1]
 
 
 def projections(epochs: list[dict]) -> dict:
@@ -392,10 +399,17 @@ def markdown(result: dict) -> str:
 
 
 def run_bench(device: str = "cpu", size: str = "tiny", out: str = "", bf16: bool | None = None,
-              sections: tuple[str, ...] = ("step", "hard_regime", "epoch"), log=print) -> dict:
-    """Measure every section at ``size`` on ``device``; write bench.json and bench.md to ``out``."""
+              sections: tuple[str, ...] = ("step", "hard_regime", "epoch"), models: tuple[str, ...] = (),
+              methods: tuple[str, ...] = (), log=print) -> dict:
+    """Measure every section at ``size`` on ``device`` (``models``/``methods``: only these in the step
+    section); write bench.json and bench.md to ``out``."""
     if size not in SIZES:
         raise ValueError(f"size={size!r} is not allowed: choose one of {sorted(SIZES)}")
+    unknown = [m for m in methods if m not in VARIANTS]
+    if unknown:
+        raise ValueError(f"methods={unknown!r} are not allowed: choose from {list(VARIANTS)}")
+    for m in models:
+        model_fields(m)
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device={device!r} is not allowed: 'cpu' or 'cuda'")
     if device == "cuda" and not torch.cuda.is_available():
@@ -404,6 +418,7 @@ def run_bench(device: str = "cpu", size: str = "tiny", out: str = "", bf16: bool
     if unknown:
         raise ValueError(f"sections={unknown!r} are not allowed: choose from step, hard_regime, epoch")
     dev, sz, t0 = torch.device(device), SIZES[size], time.perf_counter()
+    sz = dataclasses.replace(sz, models=tuple(models) or sz.models, methods=tuple(methods) or sz.methods)
     fast = dev.type == "cuda" if bf16 is None else bf16
     out = out or os.path.join("outputs", "bench", f"{device}-{size}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out, exist_ok=True)
@@ -437,13 +452,17 @@ def add_parser(sub) -> None:
     p.add_argument("--size", default="", help=f"one of {sorted(SIZES)} (default: full on cuda, tiny on cpu)")
     p.add_argument("--out", default="", help="folder for bench.json and bench.md (default outputs/bench/...)")
     p.add_argument("--sections", default="step,hard_regime,epoch", help="comma list of step, hard_regime, epoch")
+    p.add_argument("--models", default="", help="comma list for the step section (mlpDxW or a ResNet; default: the size's)")
+    p.add_argument("--methods", default="", help=f"comma list for the step section, of {list(VARIANTS)}")
     p.set_defaults(func=_cmd)
 
 
 def _cmd(args) -> int:
     size = args.size or ("full" if args.device == "cuda" else "tiny")
     try:
-        run_bench(args.device, size, args.out, sections=tuple(s for s in args.sections.split(",") if s))
+        run_bench(args.device, size, args.out, sections=tuple(s for s in args.sections.split(",") if s),
+                  models=tuple(m for m in args.models.split(",") if m),
+                  methods=tuple(m for m in args.methods.split(",") if m))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -58,15 +58,15 @@ class BlockEstimator:
         writes, the state. With ``ritz_blocks`` the next blocks are the top Ritz vectors (one ``eigh``,
         whose triples also give the top one)."""
         iters = self.iters if self.warmed else max(self.iters, self.warmup_iters)
-        done = None
-        if self.tol > 0:
-            prev: list[float] = []
+        prev: list[float] = []
 
-            def done(qs, zs, zgrams) -> bool:  # the top Ritz value of the growing Krylov space stopped rising
-                sig = [float(s) for s, _, _ in ritz_top(qs, zs, zgrams)]  # host sync: the documented cost of tol > 0
-                settled = bool(prev) and all(abs(a - b) <= self.tol * a for a, b in zip(sig, prev))
-                prev[:] = sig
-                return settled
+        def settled(qs, zs, zgrams) -> bool:  # the top Ritz value of the growing Krylov space stopped rising
+            sig = [float(s) for s, _, _ in ritz_top(qs, zs, zgrams)]  # host sync: the documented cost of tol > 0
+            done = bool(prev) and all(abs(a - b) <= self.tol * a for a, b in zip(sig, prev))
+            prev[:] = sig
+            return done
+
+        done = settled if self.tol > 0 else None
 
         qs, zs, zgrams, blocks = subspace_iteration(mats, self.blocks, iters, self.noise, done,
                                                     next_blocks=not self.ritz_blocks)

@@ -38,3 +38,10 @@ def tiny(data_dir, tmp_path):
         return RunConfig(**{**base, **overrides})
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests last: playwright's sync API leaves its asyncio loop set as this thread's running
+    loop while its session-scoped browser is open, and the dashboard's debounced redraws in the tests
+    after it would be scheduled on that loop (never run) instead of running at once."""
+    items.sort(key=lambda item: "browser" in item.nodeid.split("/")[1:2])

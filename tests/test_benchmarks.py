@@ -41,7 +41,9 @@ def test_nslab_bench_tiny_measures_every_section_and_writes_json_and_markdown(tm
 
 @pytest.mark.parametrize("argv, message", [(["--size", "huge"], "size='huge' is not allowed"),
                                            (["--device", "tpu"], "device='tpu' is not allowed"),
-                                           (["--sections", "step,probes"], "are not allowed")])
+                                           (["--sections", "step,probes"], "are not allowed"),
+                                           (["--methods", "spectral,l2"], "methods=['l2'] are not allowed"),
+                                           (["--models", "vgg"], "model='vgg' is not allowed")])
 def test_nslab_bench_refuses_bad_options_before_measuring(tmp_path, argv, message):
     res = subprocess.run([sys.executable, "-m", "nslab", "bench", "--out", str(tmp_path / "b"), *argv],
                          capture_output=True, text=True, timeout=120, env=ENV, cwd=ROOT)
