@@ -28,9 +28,14 @@ def test_a_resnet18_run_records_operator_norms_beside_the_reshape(tiny):
     ops = run.op_spectra
     assert sorted(ops.epoch.unique()) == [0, 2]
     top = ops[ops["index"] == 0].set_index(["epoch", "layer"]).sigma
+    fro2 = (ops.sigma ** 2).groupby([ops.epoch, ops.layer]).sum()
     for (epoch, layer), sigma in top.items():
         row = conv[(conv.epoch == epoch) & (conv.layer == layer)].iloc[0]
         assert row.op_sigma_max == pytest.approx(sigma, rel=1e-4)
+        assert row.op_stable_rank == pytest.approx(fro2[epoch, layer] / sigma**2, rel=1e-6)
+    # Between spectra epochs op_sigma_max comes from Lanczos: above 1.8x the reshape's for stride-1 3x3 convs.
+    mid = conv[conv.epoch == 1].set_index("layer")
+    assert (mid.op_sigma_max / mid.sigma_max)["layer1.0.conv1.weight"] > 1.5
     # Operator-corrected convs: estimate error measured against the operator norm, no matrix n_above_target.
     assert conv.power_iter_rel_err.notna().all() and conv.n_above_target.isna().all()
     assert head.n_above_target.notna().all()
