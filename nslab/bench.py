@@ -421,6 +421,8 @@ def run_bench(device: str = "cpu", size: str = "tiny", out: str = "", bf16: bool
     sz = dataclasses.replace(sz, models=tuple(models) or sz.models, methods=tuple(methods) or sz.methods)
     fast = dev.type == "cuda" if bf16 is None else bf16
     out = out or os.path.join("outputs", "bench", f"{device}-{size}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"out={out!r} is not allowed: it is a file (give a folder for bench.json and bench.md)")
     os.makedirs(out, exist_ok=True)
     env = environment(dev)
     log(f"# {env['device_name']}, torch {env['torch']}, {env['threads']} threads, {env['date']}, commit {env['commit']}")
@@ -463,7 +465,7 @@ def _cmd(args) -> int:
         run_bench(args.device, size, args.out, sections=tuple(s for s in args.sections.split(",") if s),
                   models=tuple(m for m in args.models.split(",") if m),
                   methods=tuple(m for m in args.methods.split(",") if m))
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # a bad option, or an --out that cannot be a folder: before measuring
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -39,6 +39,14 @@ def test_nslab_bench_tiny_measures_every_section_and_writes_json_and_markdown(tm
     assert "sigma_1 error <= 1e-3, hard regime" in md
 
 
+def test_nslab_bench_refuses_an_out_that_is_a_file(tmp_path):
+    (tmp_path / "b").write_text("mine")
+    res = subprocess.run([sys.executable, "-m", "nslab", "bench", "--out", str(tmp_path / "b")],
+                         capture_output=True, text=True, timeout=120, env=ENV, cwd=ROOT)
+    assert res.returncode == 2 and "is a file" in res.stderr, res.stderr
+    assert (tmp_path / "b").read_text() == "mine"
+
+
 @pytest.mark.parametrize("argv, message", [(["--size", "huge"], "size='huge' is not allowed"),
                                            (["--device", "tpu"], "device='tpu' is not allowed"),
                                            (["--sections", "step,probes"], "are not allowed"),
