@@ -13,7 +13,12 @@ from nslab.scaling import NormScaler
 def test_a_resnet18_run_records_operator_norms_beside_the_reshape(tiny):
     cfg = tiny(model="resnet18", method="spectral", conv_norm="operator", epochs=2, train_subset=32,
                test_subset=16, batch_size=16, op_spectra_every=2, spectra_every=2)
-    run = nslab.train(cfg, log=lambda _: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the operator probes are large batched SVDs and FFTs (tests default to 1 thread)
+    try:
+        run = nslab.train(cfg, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
     layers = run.layers
     conv = layers[layers["shape"].str.count("x") == 3]
     head = layers[layers.layer == "fc.weight"]
