@@ -14,9 +14,10 @@ Sections, each on nslab's own models, data pipeline and training step (nslab.tra
 4. **projections**: the blog's 12-run grid (4 models x none/frobenius/spectral x 200 epochs) and
    the 6 MLP runs of ``grids/paper-mlp-fast.yaml``, from the epoch times.
 
-``--size full`` is the paper's sizes (sized for under 8 minutes on an H100; never run on a GPU yet); ``--size tiny``
-runs every section at toy sizes in seconds (the tests run it, so the command cannot rot). Writes
-``bench.json`` and ``bench.md`` (device, date, commit, the goals and whether each is met).
+``--size full`` is the paper's sizes (sized for under 8 minutes on an H100; never run on a GPU
+yet), ``--size cpu`` the MLPs on a CPU, ``--size tiny`` every section at toy sizes in seconds (the
+tests run it, so the command cannot rot). Writes ``bench.json`` and ``bench.md`` (device, date,
+commit, the goals and whether each is met).
 """
 from __future__ import annotations
 
