@@ -26,15 +26,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from nslab import linalg  # noqa: E402
-
-
-def clustered_start(n: int, t: float, cluster: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    top = t * (1 + 0.01 * torch.rand(cluster, generator=g)).sort(descending=True).values
-    s = torch.cat([top, t * torch.linspace(0.99, 0.3, n - cluster)])
-    u, _ = torch.linalg.qr(torch.randn(n, n, generator=g))
-    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g))
-    return (u * s) @ v.t()
+from nslab.bench import clustered_start  # noqa: E402
 
 
 def estimate(w: torch.Tensor, block: torch.Tensor, iters: int, krylov: bool, ritz_block: bool = False):
@@ -55,7 +47,7 @@ def estimate(w: torch.Tensor, block: torch.Tensor, iters: int, krylov: bool, rit
 def replay(n: int, steps: int, lr: float, block: int, iters: int, krylov: bool, ritz_block: bool = False,
            t: float = 0.4, seed: int = 0) -> list[float]:
     """Relative sigma_1 errors, one per step, after ``steps // 3`` steps to settle."""
-    w = clustered_start(n, t, max(8, n * 135 // 512), seed)
+    w = clustered_start(n, t, max(8, n * 135 // 512), torch.Generator().manual_seed(seed))
     g = torch.Generator().manual_seed(seed + 1)
     b = linalg.orthonormalize([torch.randn(n, block, generator=g)])[0]
     for _ in range(10):  # warm-up, as the estimator's first step

@@ -179,32 +179,33 @@ def subspace_iteration(mats: list[torch.Tensor], blocks: list[torch.Tensor], ite
     depth = max(1, min([iters, KRYLOV_DEPTH] + [min(m.shape) // b.shape[1] for m, b in zip(mats, blocks)]))
     q_parts: list[list[torch.Tensor]] = [[] for _ in mats]
     z_parts: list[list[torch.Tensor]] = [[] for _ in mats]
-    wt_ys = None
+    wt_ys: Callable[[], list[torch.Tensor]] | None = None  # W^T Y of the last iteration, when asked for
     for i in range(iters):
         if wt_ys is not None:
-            blocks = orthonormalize(_reseeded(wt_ys, noise, 1))
+            blocks = orthonormalize(_reseeded(wt_ys(), noise, 1))
         ys = _reseeded([m @ b for m, b in zip(mats, blocks)], noise, 0)
         if q_parts[0]:  # the new block's directions beyond the earlier ones, orthonormal by construction
             qs = batched(_extend_basis, [torch.cat([*parts, y], 1) for parts, y in zip(q_parts, ys)])
             qs = [q[:, -y.shape[1]:] for q, y in zip(qs, ys)]
-            zs = [m.t() @ q for m, q in zip(mats, qs)]
-            # The iteration itself goes on from W^T Y, Y = W V: Y = Q_earlier a + Q_new b, so
-            # W^T Y = Z_earlier a + Z_new b, without another product.
-            wt_ys = [torch.cat([*zp, z], 1) @ (torch.cat([*qp, q], 1).t() @ y)
-                     for zp, qp, z, q, y in zip(z_parts, q_parts, zs, qs, ys)]
         else:
             qs = orthonormalize(ys)
-            zs = wt_ys = [m.t() @ q for m, q in zip(mats, qs)]
+        zs = [m.t() @ q for m, q in zip(mats, qs)]
         if i < iters - depth:  # before the Krylov window: nothing kept
+            wt_ys = lambda zs=zs: zs  # noqa: E731  (W^T orth(Y): the same block as W^T Y)
             continue
         for parts, q in zip(q_parts, qs):
             parts.append(q)
         for parts, z in zip(z_parts, zs):
             parts.append(z)
-        if done is not None and i + 1 < iters and done(*_krylov(q_parts, z_parts)):
+        q_all, z_all = _concat(q_parts), _concat(z_parts)
+        # The iteration goes on from W^T Y, Y = W V: with Y = Q_all (Q_all^T Y), W^T Y = Z_all (Q_all^T Y),
+        # without another product; computed only where a next block is wanted.
+        wt_ys = (lambda zs=zs: zs) if len(q_parts[0]) == 1 else \
+            (lambda q_all=q_all, z_all=z_all, ys=ys: [z @ (q.t() @ y) for z, q, y in zip(z_all, q_all, ys)])
+        if done is not None and i + 1 < iters and done(q_all, z_all, _grams(z_all)):
             break
-    next_blocks = orthonormalize(_reseeded(wt_ys, noise, 1)) if next_blocks else None
-    return (*_krylov(q_parts, z_parts), next_blocks)
+    next_blocks = orthonormalize(_reseeded(wt_ys(), noise, 1)) if next_blocks else None
+    return q_all, z_all, _grams(z_all), next_blocks
 
 
 def _extend_basis(x: torch.Tensor) -> torch.Tensor:
@@ -218,10 +219,12 @@ def _reseeded(xs: list[torch.Tensor], noise, side: int) -> list[torch.Tensor]:
     return xs if noise is None else reseed(xs, noise[side])
 
 
-def _krylov(q_parts: list[list[torch.Tensor]], z_parts: list[list[torch.Tensor]]):
-    qs = [torch.cat(parts, 1) if len(parts) > 1 else parts[0] for parts in q_parts]
-    zs = [torch.cat(parts, 1) if len(parts) > 1 else parts[0] for parts in z_parts]
-    return qs, zs, [z.t() @ z for z in zs]
+def _concat(parts: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    return [torch.cat(p, 1) if len(p) > 1 else p[0] for p in parts]
+
+
+def _grams(zs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [z.t() @ z for z in zs]
 
 
 def ritz_top(qs: list[torch.Tensor], zs: list[torch.Tensor], zgrams: list[torch.Tensor],

@@ -128,8 +128,8 @@ def _channels_last(config: RunConfig, device: torch.device) -> bool:
     return config.channels_last and config.model != "mlp"
 
 
-def _autocast(session: Session):
-    if session.config.bf16:
+def _autocast(bf16: bool):
+    if bf16:
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -139,7 +139,7 @@ def train_step(forward: Callable[[torch.Tensor], torch.Tensor], optimizer: torch
     """One training step: forward (bf16 autocast on CUDA if asked), cross-entropy, backward, the
     optimizer's step, then the norm scaling. Returns (loss, logits), not synchronised with the host.
     Training and the benchmarks (nslab.bench) time exactly this."""
-    with torch.autocast(device_type="cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+    with _autocast(bf16):
         logits = forward(x)
         loss = nn.functional.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
@@ -177,7 +177,7 @@ def evaluate(s: Session, augmented: bool | None = None) -> dict:
     cl = _channels_last(s.config, s.device)
     for x, y in batches(s.test, s.config.batch_size, s.generator, shuffle=False, augmented=augmented,
                         channels_last=cl):
-        with _autocast(s):
+        with _autocast(s.config.bf16):
             logits = s.forward(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()

@@ -154,15 +154,11 @@ def _hard_regime_errors(power_iters: int, capture_block: bool = False, n: int = 
     """The spectral-family issue's hard regime, replayed through NormScaler: the top quarter of the
     spectrum a cluster within 1 % above the target; each step an Adam-like sign update raises many
     values, then the scaler corrects one. Errors of the estimate the step uses, against svdvals."""
-    import sys
-    import os
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-    from cluster_accuracy import clustered_start
+    from nslab.bench import clustered_start
 
     t, g = 0.4, torch.Generator().manual_seed(1)
-    scaler, p = scaler_for(clustered_start(n, t, n // 4, seed=0), method="spectral", power_iters=power_iters,
-                           warmup_iters=10)
+    scaler, p = scaler_for(clustered_start(n, t, n // 4, torch.Generator().manual_seed(0)), method="spectral",
+                           power_iters=power_iters, warmup_iters=10)
     scaler.method.targets, scaler.method.target_t = [t], [torch.tensor(t)]
     if capture_block:  # the estimator a captured CUDA graph uses: next block orth(W^T W V), no eigh
         scaler.method.estimator.ritz_blocks = False
