@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 import torch
@@ -27,12 +26,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from nslab.config import RunConfig  # noqa: E402
-from nslab.data import write_synthetic  # noqa: E402
 from nslab.models import scaled_parameters  # noqa: E402
 from nslab.scaling import NormScaler  # noqa: E402
 from nslab.training import build_session  # noqa: E402
 
-from nslab.bench import VARIANTS as METHODS, cpu_name as _cpu_name, model_fields, time_epoch as timed_epoch  # noqa: E402
+from nslab.bench import VARIANTS as METHODS, cpu_name as _cpu_name, model_fields, synthetic_data, time_epoch as timed_epoch  # noqa: E402
 
 FULL_TRAIN, FULL_TEST, EPOCHS, GRID_METHODS = 50_000, 10_000, 200, ("none", "frobenius", "spectral")
 
@@ -65,11 +63,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--rank-method", default="svd", choices=["svd", "gram"])
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
-    data_dir = os.environ.get("NSLAB_DATA_DIR", "")
-    if not data_dir:
-        data_dir = tempfile.mkdtemp(prefix="nslab-synth-")
-        write_synthetic(os.path.join(data_dir, "cifar100_uint8.npz"), n_train=args.train_images,
-                        n_test=args.test_images)
+    if os.environ.get("NSLAB_DATA_DIR"):
+        return measure(args, os.environ["NSLAB_DATA_DIR"])
+    with synthetic_data(args.train_images, args.test_images) as folder:
+        return measure(args, folder)
+
+
+def measure(args, data_dir: str) -> list[dict]:
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
     print(f"# {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, data "

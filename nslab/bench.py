@@ -21,6 +21,7 @@ commit, the goals and whether each is met).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -249,12 +250,34 @@ def clustered_start(n: int, t: float, cluster: int, g: torch.Generator) -> torch
 def epoch_times(models, methods, size: Size, device: torch.device, bf16: bool, channels_last: bool,
                 log=print) -> list[dict]:
     """Whole epochs through nslab's session (data on the device, augmentation there too), scaled to full size."""
-    from .config import RunConfig
+    with synthetic_data(size.train_images, size.test_images) as folder:
+        return _epoch_rows(models, methods, size, device, bf16, channels_last, folder, log)
+
+
+@contextlib.contextmanager
+def synthetic_data(train_images: int, test_images: int):
+    """A temporary folder with a synthetic data set, removed afterwards together with its array cache
+    (which would otherwise stay in ~/.cache/nslab, keyed by a path that no longer exists)."""
     from .data import write_synthetic
+
+    saved = os.environ.get("NSLAB_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="nslab-bench-") as folder:
+        write_synthetic(os.path.join(folder, "cifar100_uint8.npz"), n_train=train_images, n_test=test_images)
+        os.environ["NSLAB_CACHE_DIR"] = os.path.join(folder, "array-cache")
+        try:
+            yield folder
+        finally:
+            if saved is None:
+                os.environ.pop("NSLAB_CACHE_DIR", None)
+            else:
+                os.environ["NSLAB_CACHE_DIR"] = saved
+
+
+def _epoch_rows(models, methods, size: Size, device: torch.device, bf16: bool, channels_last: bool, folder: str,
+                log) -> list[dict]:
+    from .config import RunConfig
     from .training import build_session
 
-    folder = tempfile.mkdtemp(prefix="nslab-bench-")
-    write_synthetic(os.path.join(folder, "cifar100_uint8.npz"), n_train=size.train_images, n_test=size.test_images)
     rows = []
     for model in models:
         for method in methods:

@@ -99,7 +99,6 @@ def config_from_namespace(namespace: Mapping[str, Any], before: set[str]) -> Run
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
 
 
-SWEEP_PARENT = "NSLAB_SWEEP_PARENT"  # set by a sweep's worker for the kernel it starts: the worker's pid
 PARENT_POLL_S = 0.1
 
 
@@ -112,6 +111,8 @@ def die_with_sweep_worker() -> bool:
     orphan would keep training and checkpointing into a run folder that the resubmitted run is about
     to take. Returns whether the watch was armed.
     """
+    from .sweep.task import SWEEP_PARENT
+
     expected = os.environ.get(SWEEP_PARENT, "")
     if not expected.isdigit() or os.getppid() != int(expected):
         return False

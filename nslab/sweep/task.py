@@ -19,6 +19,8 @@ from ..locks import open_append
 
 # Environment variables a run takes along to any machine (the data folder and other nslab settings).
 CARRIED_PREFIXES = ("NSLAB_",)
+# The worker's pid, for the kernel it starts: the kernel ends with the worker (nslab.notebook.die_with_sweep_worker).
+SWEEP_PARENT = "NSLAB_SWEEP_PARENT"
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def execute(task: RunTask) -> str | None:
     Never raises for a failing run: an engine must not mistake a run's failure for its own.
     """
     os.environ.update(task.env)  # the kernel inherits it: data dir, thread count, PYTHONPATH
-    os.environ["NSLAB_SWEEP_PARENT"] = str(os.getpid())  # the kernel ends with this process (nslab.notebook.setup)
+    os.environ[SWEEP_PARENT] = str(os.getpid())
     partial = os.path.join(task.run_dir, ".notebook.running.ipynb")
     final = os.path.join(task.run_dir, "notebook.ipynb")
     try:
