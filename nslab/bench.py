@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -48,6 +49,7 @@ PAPER_MODELS = ("mlp5x2000", "mlp7x4000", "resnet34", "resnet50")
 # estimator settings worth comparing (the seed's 500 cold iterations, one block iteration).
 VARIANTS = {m: {"method": m} for m in REGISTERED}
 VARIANTS.update({
+    "spectral-fp32": {"method": "spectral", "power_precision": "float32"},
     "spectral-3it": {"method": "spectral", "power_iters": 3},
     "spectral-1it": {"method": "spectral", "power_iters": 1},
     "spectral-seed500": {"method": "spectral", "warm_start": False, "power_iters": 500},
@@ -84,7 +86,7 @@ SIZES = {
                  train_images=10_240, test_images=2_048, cluster_n=1024, cluster_steps=45),
     "cpu": Size(models=("mlp5x2000", "mlp3x512"), batches=(512, 128),
                 methods=tuple(v for v in VARIANTS if v != "spectral-seed500"), steps=6,
-                min_seconds=1.0, rounds=3, warmup=2, epoch_models=("mlp3x512",), epoch_methods=GRID_METHODS,
+                min_seconds=1.0, rounds=5, warmup=2, epoch_models=("mlp3x512",), epoch_methods=GRID_METHODS,
                 epoch_batch=512, train_images=4_096, test_images=1_024, cluster_n=512, cluster_steps=60),
     "tiny": Size(models=("mlp2x64",), batches=(8,), methods=tuple(VARIANTS), steps=2, min_seconds=0.0, rounds=1,
                  warmup=1, epoch_models=("mlp2x64",), epoch_methods=GRID_METHODS, epoch_batch=32,
@@ -214,16 +216,19 @@ def format_step_row(r: dict) -> str:
             f"{r['ms_per_step']:>9.2f} {r['ratio']:>6.2f}x {err:>9}")
 
 
-def hard_regime(n: int, steps: int, device: torch.device, iters=(2, 3), lr: float = 3e-5, t: float = 0.4) -> list[dict]:
-    """sigma_1 error of the spectral step's estimate in the tight-cluster regime, through NormScaler."""
+def hard_regime(n: int, steps: int, device: torch.device, iters=(2, 3), lr: float = 3e-5, t: float = 0.4,
+                precisions=("float32", "bfloat16")) -> list[dict]:
+    """sigma_1 error of the spectral step's estimate in the tight-cluster regime, through NormScaler,
+    with the estimator's products in each precision (``auto`` picks bfloat16 for large weights)."""
     from .linalg import as_matrix
     from .scaling import NormScaler
 
     rows = []
-    for it in iters:
+    for it, precision in itertools.product(iters, precisions):
         g = torch.Generator().manual_seed(0)
         p = torch.nn.Parameter(clustered_start(n, t, n // 4, g).to(device))
-        scaler = NormScaler([("w", p)], method="spectral", power_iters=it, warmup_iters=10, seed=1)
+        scaler = NormScaler([("w", p)], method="spectral", power_iters=it, warmup_iters=10, seed=1,
+                            power_precision=precision)
         scaler.method.targets, scaler.method.target_t = [t], [torch.tensor(t, device=device)]
         errors = []
         for step in range(steps):
@@ -234,7 +239,8 @@ def hard_regime(n: int, steps: int, device: torch.device, iters=(2, 3), lr: floa
             if step >= steps // 3:
                 errors.append((exact - est) / exact)
             scaler.step()
-        rows.append({"n": n, "power_iters": it, "median": statistics.median(errors), "max": max(errors)})
+        rows.append({"n": n, "power_iters": it, "precision": precision, "median": statistics.median(errors),
+                     "max": max(errors)})
     return rows
 
 
@@ -376,7 +382,7 @@ def goals(result: dict) -> list[tuple[str, str, str]]:
     v = max(errs) if errs else None
     out.append(("sigma_1 error <= 1e-3 (benchmark steps)", "-" if v is None else f"{v:.1e}", verdict(v, GOALS["sigma_err"])))
     for r in result["hard_regime"]:
-        out.append((f"sigma_1 error <= 1e-3, hard regime, power_iters={r['power_iters']} (n={r['n']})",
+        out.append((f"sigma_1 error <= 1e-3, hard regime, power_iters={r['power_iters']}, {r['precision']} (n={r['n']})",
                     f"max {r['max']:.1e}", verdict(r["max"], GOALS["sigma_err"])))
     for model, key in (("resnet50", "resnet50_epoch_s"), ("resnet34", "resnet34_epoch_s")):
         es = [r["epoch_s"] for r in result["epoch"] if r["model"] == model and r["method"] == "spectral"]
@@ -408,8 +414,9 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['model']} | {r['method']} | {r['batch']} | {'on' if r['graph'] else 'off'} | "
                      f"{r['ms_per_step']:.2f} | {r['ms_min']:.2f}-{r['ms_max']:.2f} | {r['ratio']:.2f}x | {err} |")
     lines += ["", "## sigma_1 error in the hard regime (tight cluster above the target)", "",
-              "| n | power_iters | median | max |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['n']} | {r['power_iters']} | {r['median']:.1e} | {r['max']:.1e} |" for r in result["hard_regime"]]
+              "| n | power_iters | products | median | max |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['n']} | {r['power_iters']} | {r['precision']} | {r['median']:.1e} | {r['max']:.1e} |"
+              for r in result["hard_regime"]]
     lines += ["", f"## Epochs (timed on {result['epoch'][0]['train_images'] if result['epoch'] else 0} training "
               "images, scaled to 50,000 + 10,000)", "",
               "| model | method | epoch s | probes s | probes % | 200 epochs, min |", "| --- | --- | --- | --- | --- | --- |"]
@@ -459,7 +466,8 @@ def run_bench(device: str = "cpu", size: str = "tiny", out: str = "", bf16: bool
     if "hard_regime" in sections:
         result["hard_regime"] = hard_regime(sz.cluster_n, sz.cluster_steps, dev)
         for r in result["hard_regime"]:
-            log(f"hard regime n={r['n']} power_iters={r['power_iters']}: median {r['median']:.1e}, max {r['max']:.1e}")
+            log(f"hard regime n={r['n']} power_iters={r['power_iters']} {r['precision']}: median {r['median']:.1e}, "
+                f"max {r['max']:.1e}")
     if "epoch" in sections:
         result["epoch"] = epoch_times(sz.epoch_models, sz.epoch_methods, sz, dev, fast, channels_last=True, log=log)
     result["projections"] = projections(result["epoch"])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from .methods import METHODS as _METHOD_CLASSES
+from .estimators import PRECISIONS
 from .methods import TARGETS
 from .models import MODELS as _MODEL_BUILDERS
 from .models import SCALE_RULES
@@ -75,6 +76,8 @@ class RunConfig:
     warm_start: bool = _f(True, "keep singular vectors between steps (False: fresh random, as the seed)")
     power_tol: float = _f(0.0, "> 0: stop iterating once sigma changes by less (costs a host sync)")
     power_block: int = _f(32, "warm start: vectors tracked per layer (block iteration, see nslab.estimators)")
+    power_precision: str = _f("auto", "warm start: the estimator's large products in float32, bfloat16, or auto "
+                                      "(bfloat16 where the device multiplies it in hardware); sigma stays float32")
     conv_norm: str = _f("reshape", "convs: reshape (the blog: the (out, in*kh*kw) matrix) or operator (the conv's "
                                    "operator norm, spectral and spectral_cap)")
     cuda_graph: bool = _f(False, "capture the scaling step as a CUDA graph (CUDA, warm start only)")
@@ -120,6 +123,7 @@ class RunConfig:
         _choice("device", self.device, DEVICES)
         _choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         _choice("rank_method", self.rank_method, RANK_METHODS)
+        _choice("power_precision", self.power_precision, PRECISIONS)
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):

@@ -71,6 +71,7 @@ class Options:
     names: list[str] | None = None
     seed: int = 0
     capture: bool = False  # the step will be captured as a CUDA graph: no host syncs (no eigh)
+    precision: str = "float32"  # the block estimator's large products (nslab.estimators.product_dtypes)
 
 
 METHODS: dict[str, type["Method"]] = {}
@@ -173,7 +174,7 @@ class _Corrected(Method):
         matrices = [w for i, w in enumerate(weights) if i not in self.operators]
         self.matrix_index = [i for i in range(len(weights)) if i not in self.operators]
         self.estimator = (BlockEstimator(matrices, o.block_size, o.power_iters, o.warmup_iters, o.tol, o.generator,
-                                         ritz_blocks=not o.capture)
+                                         ritz_blocks=not o.capture, precision=o.precision)
                           if o.warm_start else SeedEstimator(o.power_iters, o.generator))
 
     def _operators(self, weights, o: Options) -> dict:

@@ -21,6 +21,7 @@ from torch import nn
 
 from . import methods as _methods
 from .linalg import gram_power_iteration, matrix_view, orthonormalize  # noqa: F401  (public kernels)
+from .estimators import PRECISIONS
 from .methods import METHODS, Options, spectral_targets  # noqa: F401
 
 
@@ -39,6 +40,10 @@ class NormScaler:
         seed: seeds the random start vectors.
         block_size: vectors per block (>= 1; capped at min(d_out, d_in) per layer).
         warmup_iters: block iterations of the first step (from a random block).
+        power_precision: the block estimator's large products: ``"auto"`` (bfloat16 for weights of 2^19
+            entries or more where the device multiplies it in hardware, else float32), ``"float32"`` or
+            ``"bfloat16"``. Blocks, the Ritz step and sigma stay float32: sigma is ||W^T u|| of the weight
+            itself (nslab.estimators.product_dtypes).
         cuda_graph: capture the step as a CUDA graph after the first step (CUDA only).
         model: the model the weights belong to; needed by methods that live in its forward pass, and
             for ``conv_norm="operator"`` (to find the input size each conv sees).
@@ -50,7 +55,7 @@ class NormScaler:
 
     def __init__(self, params, method: str = "spectral", targets: str = "per_layer",
                  power_iters: int = 2, warm_start: bool = True, tol: float = 0.0, seed: int = 0,
-                 block_size: int = 32, warmup_iters: int = 100, cuda_graph: bool = False,
+                 block_size: int = 32, warmup_iters: int = 100, power_precision: str = "auto", cuda_graph: bool = False,
                  model: nn.Module | None = None, conv_norm: str = "reshape", geometry: dict | None = None,
                  image_size: int = 32):
         if method not in METHODS:
@@ -60,6 +65,8 @@ class NormScaler:
                 raise ValueError(f"{name}={value!r} is not allowed: an integer >= 1")
         if not tol >= 0:
             raise ValueError(f"tol={tol!r} is not allowed: must be >= 0")
+        if power_precision not in PRECISIONS:
+            raise ValueError(f"power_precision={power_precision!r} is not allowed: choose one of {list(PRECISIONS)}")
         params = list(params)
         self.names = [n for n, _ in params]
         self.weights = [p for _, p in params]
@@ -73,7 +80,8 @@ class NormScaler:
 
             geometry = conv_geometry(model, image_size)
         options = Options(targets, power_iters, warm_start, tol, block_size, warmup_iters, self.generator,
-                          conv_norm, geometry, self.names, seed, capture=cuda_graph)
+                          conv_norm, geometry, self.names, seed, capture=cuda_graph,
+                          precision=power_precision)
         with torch.no_grad():
             self.method = _methods.build(method, [w.detach() for w in self.weights], options)
         self.cuda_graph = cuda_graph
@@ -178,5 +186,6 @@ def make_scaler(model: nn.Module, config, geometry: dict | None = None) -> NormS
 
     return NormScaler(scaled_parameters(model, config.scale_rule), method=config.method, targets=config.targets,
                       power_iters=config.power_iters, warm_start=config.warm_start, tol=config.power_tol,
-                      seed=config.seed, block_size=config.power_block, cuda_graph=config.cuda_graph, model=model,
+                      seed=config.seed, block_size=config.power_block, power_precision=config.power_precision,
+                      cuda_graph=config.cuda_graph, model=model,
                       conv_norm=config.conv_norm, geometry=geometry)

@@ -28,8 +28,9 @@ def test_nslab_bench_tiny_measures_every_section_and_writes_json_and_markdown(tm
     estimated = [r for r in steps if r["method"].startswith("spectral") and r["method"] != "spectral_clip"
                  and r["method"] != "spectral_norm_param"]
     assert all(0 <= r["sigma_rel_err"] < 5e-3 for r in estimated if r["method"] != "spectral-1it"), estimated
-    assert [r["power_iters"] for r in result["hard_regime"]] == [2, 3]
-    assert all(r["max"] < 1e-3 for r in result["hard_regime"])
+    assert [(r["power_iters"], r["precision"]) for r in result["hard_regime"]] == \
+        [(2, "float32"), (2, "bfloat16"), (3, "float32"), (3, "bfloat16")]
+    assert all(r["max"] < (1e-3 if r["precision"] == "float32" else 3e-3) for r in result["hard_regime"])
     assert [(r["model"], r["method"]) for r in result["epoch"]] == [("mlp2x64", m) for m in ("none", "frobenius", "spectral")]
     assert all(r["epoch_s"] > 0 and 0 < r["probe_pct"] for r in result["epoch"])
     assert result["projections"]["grid_12"]["minutes"] is None and "resnet50/spectral" in \

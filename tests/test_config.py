@@ -9,6 +9,7 @@ from nslab.presets import PRESETS, preset
     ("model", "vgg", "model='vgg' is not allowed: choose one of"),
     ("method", "l2", "method='l2' is not allowed"),
     ("targets", "last", "targets='last' is not allowed"),
+    ("power_precision", "fp16", "power_precision='fp16' is not allowed: choose one of"),
     ("depth", 0, "depth=0 is not allowed: must be > 0"),
     ("width", -3, "width=-3 is not allowed"),
     ("epochs", 0, "epochs=0"),
