@@ -232,9 +232,16 @@ def settings_differences(old: Mapping[str, Any], new: "RunConfig") -> list[str]:
     """
     values = new.to_dict()
     resumable = field_names("resumable")
+    old = {**BEFORE_THE_FIELD, **old}
     return [f"{k}: {old.get(k)!r} there, {v!r} here" for k, v in values.items()
             if k not in resumable and old.get(k) != v
             and not (k == "epochs" and isinstance(old.get(k), int) and v > old[k])]
+
+
+# What a run folder written before a field existed did (its config.json lacks the key): such a run
+# resumes with these values and differs from others, e.g. power_precision="auto".
+BEFORE_THE_FIELD = {"power_precision": "float32", "weight_decay": 0.0, "conv_norm": "reshape",
+                    "op_spectra_every": 0}
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:

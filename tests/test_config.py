@@ -108,3 +108,14 @@ def test_presets_cover_the_blog_grid_with_seed_settings():
     assert preset("resnet50-frobenius", epochs=2).epochs == 2
     with pytest.raises(ValueError, match="preset='nope' is not allowed"):
         preset("nope")
+
+
+def test_a_run_folder_from_before_a_field_existed_resumes_with_what_it_did():
+    """config.json written before power_precision existed: the run used float32 products; it resumes
+    with power_precision='float32' and is refused, by name, under the new default 'auto'."""
+    from nslab.config import settings_differences
+
+    old = RunConfig(depth=2, width=16, power_precision="float32").to_dict()
+    del old["power_precision"]
+    assert settings_differences(old, RunConfig(depth=2, width=16, power_precision="float32")) == []
+    assert settings_differences(old, RunConfig(depth=2, width=16)) == ["power_precision: 'float32' there, 'auto' here"]
