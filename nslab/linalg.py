@@ -183,7 +183,11 @@ def subspace_iteration(mats: list[torch.Tensor], blocks: list[torch.Tensor], ite
     q_all: list[torch.Tensor] = []
     wt_ys: Callable[[], list[torch.Tensor]] | None = None  # W^T Y of the last iteration, when asked for
     for i in range(iters):
-        if wt_ys is not None:
+        if wt_ys is not None and i == iters - depth + 1:
+            # The second Krylov block from W^T Q_1, scaled, not orthonormalised: its columns are as well
+            # conditioned as W's top block, the span is what counts, and Y's Gram-Schmidt follows.
+            blocks = [z / torch.linalg.vector_norm(z).clamp_min(_TINY) for z in wt_ys()]
+        elif wt_ys is not None:
             blocks = orthonormalize(wt_ys())
         ys = [_mm(m, b) for m, b in zip(mats, blocks)]
         if i == iters - depth:  # the Krylov space's first block: random directions where W V = 0 (a zero
@@ -316,7 +320,9 @@ def ritz_blocks(triples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], 
     (n, k_i) per matrix: see :func:`reseed` (a zero weight has no Ritz direction).
     """
     vs = [v[:, :k] for (_, _, v), k in zip(triples, ks)]
-    return orthonormalize(vs if noise is None else reseed(vs, noise))
+    # Right Ritz vectors are orthonormal already (to the products' rounding): unit columns suffice,
+    # and a column re-seeded from noise (a zero or rank-deficient weight) comes back at full length.
+    return [v / torch.linalg.vector_norm(v, dim=0).clamp_min(_TINY) for v in (vs if noise is None else reseed(vs, noise))]
 
 
 def _eigh_stacked(g: torch.Tensor) -> torch.Tensor:
