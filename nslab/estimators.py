@@ -1,7 +1,7 @@
 """Estimators of the top singular triples that the spectral-family methods correct.
 
-* :class:`BlockEstimator` (``warm_start=True``, the default): each layer keeps an orthonormal block
-  V (d_in, k) between steps. One iteration is ``Q = orth(W V)``, ``Z = W^T Q``, ``V <- orth(Z)``: two
+* :class:`BlockEstimator` (``warm_start=True``, the default): each layer keeps a block V (d_in, k)
+  of unit, mutually orthogonal vectors (its top right Ritz vectors) between steps. One iteration is ``Q = orth(W V)``, ``Z = W^T Q``, ``V <- orth(Z)``: two
   passes over W. sigma_1 is the top Ritz value over every left block of the step's iterations (a
   block Krylov space of dimension iters x k), the largest singular value of ``Q^T W``: as many
   products as the last block alone. The next step's block is the top k Ritz vectors of that space.
