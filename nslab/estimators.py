@@ -175,10 +175,17 @@ class BlockEstimator:
                              f"uses {[tuple(b.shape) for b in self.blocks]} (another power_block?)")
         self.blocks = [b.to(w.device).clone() for b, w in zip(blocks, weights)]
         if "noise_left" in state:
-            # unit norm, as _randn's (checkpoints from before 2026-12-07 hold unnormalised ones)
-            self.noise = tuple([(n / torch.linalg.vector_norm(n).clamp_min(1e-30)).to(w.device)
-                                for n, w in zip(state[key], weights)] for key in ("noise_left", "noise_right"))
+            # As saved, bit for bit (a resumed run repeats the uninterrupted one); checkpoints from before
+            # 2026-12-07 hold unnormalised blocks, brought to unit norm as _randn's.
+            self.noise = tuple([_unit(n).to(w.device).clone() for n, w in zip(state[key], weights)]
+                               for key in ("noise_left", "noise_right"))
         self.warmed = bool(state.get("warmed", True))
+
+
+def _unit(block: torch.Tensor) -> torch.Tensor:
+    """``block`` itself where its Frobenius norm is 1 to rounding, else scaled to it."""
+    norm = float(torch.linalg.vector_norm(block))
+    return block if abs(norm - 1) < 1e-4 else block / max(norm, 1e-30)
 
 
 class SeedEstimator:
