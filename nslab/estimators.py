@@ -1,22 +1,22 @@
 """Estimators of the top singular triples that the spectral-family methods correct.
 
-* :class:`BlockEstimator` (``warm_start=True``, the default): each layer keeps a block V (d_in, k)
-  of unit, mutually orthogonal vectors (its top right Ritz vectors) between steps. One iteration is ``Q = orth(W V)``, ``Z = W^T Q``, ``V <- orth(Z)``: two
-  passes over W. sigma_1 is the top Ritz value over every left block of the step's iterations (a
-  block Krylov space of dimension iters x k), the largest singular value of ``Q^T W``: as many
-  products as the last block alone. The next step's block is the top k Ritz vectors of that space.
-  Together they are several times more accurate where the top of the spectrum is a tight cluster
-  (late training under a spectral method): benchmarks/cluster_accuracy.py. The block
-  matters: a single warm vector sits on the direction it has just corrected (an exact singular
-  vector of value t) and never sees a sigma_2 > t growing elsewhere; the block holds the next k-1
-  directions too. The first step runs ``warmup_iters`` iterations from a random block. A block that
-  collapses (a zero or rank-deficient weight) is re-seeded from a fixed random block, so a weight
-  that starts at zero (a ViT's class token) is still found and corrected. With
-  ``precision="auto"`` (NormScaler's and RunConfig's default) large float32 weights are multiplied through a bfloat16 copy
-  where the hardware has bfloat16 (:func:`product_dtypes`): the products cost a third to a fifth,
-  the step as a whole 0.55-0.65x on the blog's MLP (2-core CPU). The subspace is then found to
-  bfloat16's accuracy, and sigma, u and v come from the float32 weight (one more pass, W^T u), so the
-  estimate is still a Rayleigh quotient and the correction sets ||W^T u|| to t exactly.
+* :class:`BlockEstimator` (``warm_start=True``, the default): each layer keeps a block V (d_in, k) of
+  unit, mutually orthogonal vectors (its top right Ritz vectors) between steps. One iteration is
+  ``Q = orth(W V)``, ``Z = W^T Q``, ``V <- orth(Z)``: two passes over W. sigma_1 is the top Ritz value over
+  every left block of the step's iterations (a block Krylov space of dimension iters x k), the largest
+  singular value of ``Q^T W``: as many products as the last block alone. The next step's block is the
+  top k Ritz vectors of that space. Together they are several times more accurate where the top of the
+  spectrum is a tight cluster (late training under a spectral method): benchmarks/cluster_accuracy.py.
+  The block matters: a single warm vector sits on the direction it has just corrected (an exact
+  singular vector of value t) and never sees a sigma_2 > t growing elsewhere; the block holds the next
+  k-1 directions too. The first step runs ``warmup_iters`` iterations from a random block. A block
+  that collapses (a zero or rank-deficient weight) is re-seeded from a fixed random block, so a weight
+  that starts at zero (a ViT's class token) is still found and corrected. With ``precision="auto"``
+  (NormScaler's and RunConfig's default) large float32 weights are multiplied through a bfloat16 copy
+  where the hardware has bfloat16 (:func:`product_dtypes`): the products cost a third to a fifth, the
+  step as a whole 0.55-0.68x on the blog's MLP (2-core CPU). The subspace is then found to bfloat16's
+  accuracy, and sigma, u and v come from the float32 weight (one more pass, W^T u), so the estimate is
+  still a Rayleigh quotient and the correction sets ||W^T u|| to t exactly.
 * :class:`SeedEstimator` (``warm_start=False``): the seed's exact procedure, a fresh random v every
   call and ``power_iters`` iterations of ``v <- W^T W v / ||.||``.
 

@@ -183,12 +183,12 @@ def subspace_iteration(mats: list[torch.Tensor], blocks: list[torch.Tensor], ite
     q_all: list[torch.Tensor] = []
     wt_ys: Callable[[], list[torch.Tensor]] | None = None  # W^T Y of the last iteration, when asked for
     for i in range(iters):
-        if wt_ys is not None and i == iters - depth + 1:
-            # The second Krylov block from W^T Q_1, scaled, not orthonormalised: its columns are as well
-            # conditioned as W's top block, the span is what counts, and Y's Gram-Schmidt follows.
-            blocks = [z / torch.linalg.vector_norm(z).clamp_min(_TINY) for z in wt_ys()]
-        elif wt_ys is not None:
-            blocks = orthonormalize(wt_ys())
+        if wt_ys is not None:
+            # The Krylov space's second block grows from W^T Q_1 scaled, not orthonormalised: its columns
+            # are as well conditioned as W's top block, the span is what counts, and Y's Gram-Schmidt follows.
+            zs = wt_ys()
+            blocks = ([z / torch.linalg.vector_norm(z).clamp_min(_TINY) for z in zs] if len(q_parts[0]) == 1
+                      else orthonormalize(zs))
         ys = [_mm(m, b) for m, b in zip(mats, blocks)]
         if i == iters - depth:  # the Krylov space's first block: random directions where W V = 0 (a zero
             ys = _reseeded(ys, noise, 0)  # weight), so the Ritz step has unit vectors; later blocks may be 0
